@@ -1,0 +1,163 @@
+"""ModelScope models: thin adapters around the plain MossFormer / MossFormer2 modules.
+
+One class serves every registered type; the type name fixes the family and the
+default sample rate, the configuration everything else.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+import torch
+from modelscope.models import MODELS, TorchModel
+
+from .metainfo import MODEL_TYPES, TASK, Models, model_type_for
+from .models import MossFormer, build_separator
+from .models.checkpoint import LoadReport, find_weights, load_weights, save_released
+from .models.configs import CONFIG_CLASSES, MODELSCOPE_PLUMBING_KEYS, MossFormerConfig
+from .registration import register
+
+logger = logging.getLogger(__name__)
+
+CONFIGURATION_FILE = 'configuration.json'
+# Field names written under the released configuration's key names, so that
+# ModelScope's own classes can read the configuration of a model we trained.
+_RELEASED_NAMES = {'enc_channels': 'in_channels', 'enc_kernel_size': 'kernel_size', 'enc_stride': 'stride',
+                   'dec_bias': 'bias', 'model_dim': 'd_model', 'skip_around_seq': 'skip_around_intra'}
+
+
+class MossFormerSeparation(TorchModel):
+    """A MossFormer or MossFormer2 separator usable through ModelScope.
+
+    Args:
+        model_dir: model directory; its weights are loaded when present (unless
+            `load_weights=False`).
+        config: a ready config; otherwise built from the remaining keyword
+            arguments (the configuration.json `model` section).
+        model_type: the registered type; ModelScope passes it as `type`.
+        load_weights: load weights found in `model_dir`.
+
+    `forward(inputs)` takes [B, T] mixtures and returns [B, C, T] sources.
+    """
+
+    default_type: Optional[str] = None
+
+    def __init__(self, model_dir: Optional[str] = None, config: Optional[MossFormerConfig] = None,
+                 model_type: Optional[str] = None, load_weights: bool = True, **kwargs: Any) -> None:
+        plumbing = {k: kwargs[k] for k in ('device', 'trust_remote_code') if k in kwargs}
+        super().__init__(model_dir, **plumbing)
+        model_type = model_type or kwargs.get('type') or self.default_type
+        if config is None:
+            if model_type not in MODEL_TYPES:
+                raise ValueError(f'unknown model type {model_type!r}; registered types: {sorted(MODEL_TYPES)}')
+            family, rate = MODEL_TYPES[model_type]
+            arch = {k: v for k, v in kwargs.items() if k not in MODELSCOPE_PLUMBING_KEYS}
+            arch.setdefault('sample_rate', rate)
+            where = f'{Path(model_dir) / CONFIGURATION_FILE}: model' if model_dir else 'model arguments'
+            config = CONFIG_CLASSES[family].from_model_kwargs(arch, source=where)
+        self.config = config
+        self.model_type = model_type or model_type_for(config.family, config.sample_rate)
+        self.separator: MossFormer = build_separator(config)
+        self.weights_source: Optional[LoadReport] = None
+        if load_weights and model_dir and os.path.isdir(model_dir) and find_weights(model_dir) is not None:
+            self.load_check_point(model_dir)
+
+    @property
+    def num_spks(self) -> int:
+        return self.config.num_spks
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """[B, T] mixtures -> [B, C, T] estimated sources."""
+        return self.separator(inputs)
+
+    def load_check_point(self, load_path: Optional[Union[str, os.PathLike]] = None,
+                         device: Optional[Union[str, torch.device]] = None, strict: bool = True) -> LoadReport:
+        """Load weights in any released format (or this package's) and move to `device`.
+
+        Args:
+            load_path: checkpoint file or model dir; the model dir when None.
+            device: where to put the model; CPU when None.
+            strict: accepted for compatibility; loading is always strict
+                except for the constant rotary-embedding table.
+        """
+        source = load_path or self.model_dir
+        if not source:
+            raise ValueError('load_check_point needs a load_path: this model has no model_dir')
+        del strict
+        self.weights_source = load_weights(self.separator, source)
+        self.to(torch.device(device) if device is not None else torch.device('cpu'))
+        return self.weights_source
+
+    def model_section(self) -> Dict[str, Any]:
+        """The configuration.json `model` section for this model (released key names where they exist)."""
+        section: Dict[str, Any] = {'type': self.model_type}
+        for key, value in self.config.to_dict().items():
+            if key == 'family':
+                continue
+            section[_RELEASED_NAMES.get(key, key)] = value
+        section['stride'] = self.config.stride
+        section['out_channels'] = self.config.model_dim
+        return section
+
+    def save_model_dir(self, directory: Union[str, os.PathLike],
+                       extra_configuration: Optional[Mapping[str, Any]] = None) -> List[Path]:
+        """Write a loadable model dir: configuration.json + weights in the released format."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        configuration: Dict[str, Any] = {}
+        if self.model_dir and (Path(self.model_dir) / CONFIGURATION_FILE).is_file():
+            configuration = read_configuration(self.model_dir)
+        configuration.update({'framework': 'pytorch', 'task': TASK, 'model': self.model_section(),
+                              'pipeline': {'type': self.model_type}})
+        configuration.update(dict(extra_configuration or {}))
+        written = save_released(self.separator, directory)
+        written.append(write_configuration(directory, configuration))
+        return written
+
+
+def read_configuration(model_dir: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """Parse a model dir's configuration.json with an error naming the file."""
+    path = Path(model_dir) / CONFIGURATION_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f'{path}: no configuration.json in the model directory') from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f'{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}') from None
+
+
+def write_configuration(directory: Union[str, os.PathLike], configuration: Mapping[str, Any]) -> Path:
+    path = Path(directory) / CONFIGURATION_FILE
+    tmp = path.with_name(f'.{CONFIGURATION_FILE}.tmp')
+    tmp.write_text(json.dumps(configuration, indent=4) + '\n')
+    os.replace(tmp, path)
+    return path
+
+
+class MossFormer8k(MossFormerSeparation):
+    default_type = Models.mossformer_8k
+
+
+class MossFormer2For8k(MossFormerSeparation):
+    default_type = Models.mossformer2_8k
+
+
+class MossFormer16k(MossFormerSeparation):
+    default_type = Models.mossformer_16k
+
+
+class MossFormer2For16k(MossFormerSeparation):
+    default_type = Models.mossformer2_16k
+
+
+REGISTERED_MODELS = {cls.default_type: cls for cls in (MossFormer8k, MossFormer2For8k, MossFormer16k,
+                                                         MossFormer2For16k)}
+for _name, _cls in REGISTERED_MODELS.items():
+    register(MODELS, _cls, _name, group_key=TASK)

@@ -1,0 +1,358 @@
+"""Layers shared by MossFormer and MossFormer2, each defined once.
+
+Axis legend used in shape comments:
+    B batch, T samples, N encoder filters, D model width, L frames,
+    S query/key width, H hidden width, G groups, g group length, C speakers.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# ---------------------------------------------------------------------------
+# normalisation
+# ---------------------------------------------------------------------------
+
+
+class ScaleNorm(nn.Module):
+    """x / (||x|| / sqrt(dim)) * g over the last axis, one learnable gain g."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.scale = dim ** -0.5
+        self.eps = eps
+        self.g = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True) * self.scale
+        return x / norm.clamp(min=self.eps) * self.g
+
+
+class ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channel axis of a [B, channels, L] tensor."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+class GlobalLayerNorm(nn.Module):
+    """Normalise over channels and frames of [B, channels, L], per-channel affine."""
+
+    def __init__(self, channels: int, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels, 1))
+        self.bias = nn.Parameter(torch.zeros(channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(1, 2), keepdim=True)
+        var = (x - mean).pow(2).mean(dim=(1, 2), keepdim=True)
+        return self.weight * (x - mean) / torch.sqrt(var + self.eps) + self.bias
+
+
+def channel_norm(kind: str, channels: int) -> nn.Module:
+    """Mask-net normalisation for [B, channels, L]: 'ln', 'gln' or 'cln'."""
+    if kind == 'ln':
+        return nn.GroupNorm(1, channels, eps=1e-8)
+    if kind == 'gln':
+        return GlobalLayerNorm(channels)
+    if kind == 'cln':
+        return ChannelLayerNorm(channels, eps=1e-8)
+    raise ValueError(f"norm must be 'ln', 'gln' or 'cln', got {kind!r}")
+
+
+# ---------------------------------------------------------------------------
+# encoder / decoder
+# ---------------------------------------------------------------------------
+
+
+class ConvEncoder(nn.Module):
+    """Learned analysis filterbank: Conv1d(1 -> N, K, stride) + ReLU."""
+
+    def __init__(self, channels: int, kernel_size: int, stride: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, channels, kernel_size, stride=stride, bias=False)
+
+    def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        """[B, T] -> [B, N, L]."""
+        return F.relu(self.conv(mix.unsqueeze(1)))
+
+
+class ConvDecoder(nn.Module):
+    """Learned synthesis filterbank: ConvTranspose1d(N -> 1, K, stride)."""
+
+    def __init__(self, channels: int, kernel_size: int, stride: int, bias: bool = False) -> None:
+        super().__init__()
+        self.deconv = nn.ConvTranspose1d(channels, 1, kernel_size, stride=stride, bias=bias)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """[B', N, L] -> [B', T']."""
+        return self.deconv(frames).squeeze(1)
+
+
+class ScaledSinusoidalEmbedding(nn.Module):
+    """Sinusoidal position embedding [L, D] times one learnable scalar."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim))
+        self.register_buffer('inv_freq', inv_freq)
+
+    def forward(self, num_frames: int) -> torch.Tensor:
+        positions = torch.arange(num_frames, device=self.inv_freq.device, dtype=self.inv_freq.dtype)
+        angles = positions[:, None] * self.inv_freq[None, :]  # [L, D/2]
+        return torch.cat((angles.sin(), angles.cos()), dim=-1) * self.scale  # [L, D]
+
+
+# ---------------------------------------------------------------------------
+# gated attention unit (MossFormer block)
+# ---------------------------------------------------------------------------
+
+
+class ConvProjection(nn.Module):
+    """norm -> Linear -> SiLU -> residual depthwise Conv1d -> Dropout on [B, L, dim]."""
+
+    def __init__(self, dim_in: int, dim_out: int, norm: str = 'scalenorm', kernel_size: int = 17,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        self.norm = ScaleNorm(dim_in) if norm == 'scalenorm' else nn.LayerNorm(dim_in)
+        self.linear = nn.Linear(dim_in, dim_out)
+        self.dwconv = nn.Conv1d(dim_out, dim_out, kernel_size, padding=(kernel_size - 1) // 2,
+                                groups=dim_out, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.linear(self.norm(x)))  # [B, L, out]
+        h = h + self.dwconv(h.transpose(1, 2)).transpose(1, 2)
+        return self.dropout(h)
+
+
+class OffsetScale(nn.Module):
+    """Per-head affine maps of a shared vector: [.., S] -> heads x [.., S]."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(heads, dim))
+        self.beta = nn.Parameter(torch.zeros(heads, dim))
+        nn.init.normal_(self.gamma, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        out = x.unsqueeze(-2) * self.gamma + self.beta  # [.., heads, S]
+        return out.unbind(dim=-2)
+
+
+def _pad_frames(x: torch.Tensor, padding: int) -> torch.Tensor:
+    return F.pad(x, (0, 0, 0, padding)) if padding else x
+
+
+class GatedAttentionUnit(nn.Module):
+    """MossFormer block: FLASH-style gated single-head attention with convolutions.
+
+    Joint attention = quadratic relu^2 attention inside non-overlapping groups of
+    g frames + linear attention over the whole sequence; both the value v and
+    the gate u are attended and combined as (att_u * v) * sigmoid(att_v * u).
+
+    Args:
+        dim: model width D.
+        rotary: rotary embedding shared by all blocks (rotary-embedding-torch).
+        group_size: g.
+        query_key_dim: S.
+        expansion_factor: hidden width H = 2 * D * e / 2 per v and u.
+        causal: mask future frames.
+        dropout: dropout on the attention weights and in each projection.
+        conv_kernel_size: depthwise kernel of each projection.
+    """
+
+    def __init__(self, dim: int, rotary: Optional[nn.Module], group_size: int = 256, query_key_dim: int = 128,
+                 expansion_factor: float = 4.0, causal: bool = False, dropout: float = 0.1,
+                 conv_kernel_size: int = 17, shift_tokens: bool = True) -> None:
+        super().__init__()
+        hidden_dim = int(dim * expansion_factor)
+        self.group_size = group_size
+        self.causal = causal
+        self.shift_tokens = shift_tokens
+        self.rotary_pos_emb = rotary
+        self.attn_dropout = nn.Dropout(dropout)
+        self.to_hidden = ConvProjection(dim, hidden_dim, kernel_size=conv_kernel_size, dropout=dropout)
+        self.to_qk = ConvProjection(dim, query_key_dim, kernel_size=conv_kernel_size, dropout=dropout)
+        self.qk_offset_scale = OffsetScale(query_key_dim, heads=4)
+        self.to_out = ConvProjection(dim * 2, dim, kernel_size=conv_kernel_size, dropout=dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, L, D] -> [B, L, D]."""
+        h = x
+        # token shift: half the channels see the previous frame
+        if self.shift_tokens:
+            shifted, passed = h.chunk(2, dim=-1)
+            shifted = F.pad(shifted, (0, 0, 1, -1))
+            h = torch.cat((shifted, passed), dim=-1)
+
+        # projections
+        v, u = self.to_hidden(h).chunk(2, dim=-1)  # 2 x [B, L, H/2]
+        qk = self.to_qk(h)  # [B, L, S]
+
+        # offset and scale
+        quad_q, lin_q, quad_k, lin_k = self.qk_offset_scale(qk)
+        if self.rotary_pos_emb is not None:
+            quad_q, lin_q, quad_k, lin_k = map(self.rotary_pos_emb.rotate_queries_or_keys,
+                                               (quad_q, lin_q, quad_k, lin_k))
+
+        att_v, att_u = self._joint_attention(quad_q, lin_q, quad_k, lin_k, v, u)
+
+        # gate, project out and residual
+        out = (att_u * v) * torch.sigmoid(att_v * u)
+        return x + self.to_out(out)
+
+    def _joint_attention(self, quad_q: torch.Tensor, lin_q: torch.Tensor, quad_k: torch.Tensor,
+                         lin_k: torch.Tensor, v: torch.Tensor, u: torch.Tensor
+                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+        b, n, _ = v.shape
+        g = self.group_size
+        half = v.shape[-1]
+        vu = torch.cat((v, u), dim=-1)  # [B, L, H]: v and u attended together
+
+        # padding for groups (zero keys add nothing: relu(0)^2 = 0)
+        padding = (-n) % g
+        quad_q, quad_k, lin_q, lin_k, vu = (_pad_frames(t, padding) for t in (quad_q, quad_k, lin_q, lin_k, vu))
+        groups = (n + padding) // g
+        quad_q = quad_q.reshape(b, groups, g, -1)  # [B, G, g, S]
+        quad_k = quad_k.reshape(b, groups, g, -1)  # [B, G, g, S]
+        vu_grouped = vu.reshape(b, groups, g, -1)  # [B, G, g, H]
+
+        # quadratic attention inside groups
+        sim = torch.matmul(quad_q, quad_k.transpose(-1, -2)) / g  # [B, G, g, g]
+        attn = self.attn_dropout(F.relu(sim) ** 2)
+        if self.causal:
+            future = torch.ones((g, g), dtype=torch.bool, device=sim.device).triu(1)
+            attn = attn.masked_fill(future, 0.0)
+        quad_out = torch.matmul(attn, vu_grouped)  # [B, G, g, H]
+
+        # linear attention over the whole sequence
+        if self.causal:
+            lin_k = lin_k.reshape(b, groups, g, -1)
+            lin_kv = torch.matmul(lin_k.transpose(-1, -2), vu_grouped) / g  # [B, G, S, H]
+            lin_kv = F.pad(lin_kv.cumsum(dim=1), (0, 0, 0, 0, 1, -1))  # exclusive cumsum over groups
+            lin_out = torch.matmul(lin_q.reshape(b, groups, g, -1), lin_kv)  # [B, G, g, H]
+        else:
+            lin_kv = torch.matmul(lin_k.transpose(-1, -2), vu) / n  # [B, S, H]
+            lin_out = torch.matmul(lin_q, lin_kv).reshape(b, groups, g, -1)  # [B, G, g, H]
+
+        out = (quad_out + lin_out).reshape(b, groups * g, -1)[:, :n]  # [B, L, H]
+        return out[..., :half], out[..., half:]
+
+
+# ---------------------------------------------------------------------------
+# recurrent module (MossFormer2): gated FSMN with a dilated dense block
+# ---------------------------------------------------------------------------
+
+
+class DenseLayer(nn.Module):
+    """Dilated depthwise conv over time (+ instance norm, PReLU) on [B, C*k, L, 1]."""
+
+    def __init__(self, channels: int, inputs_per_channel: int, kernel_size: int, dilation: int,
+                 padding: int) -> None:
+        super().__init__()
+        self.padding = padding
+        self.conv = nn.Conv2d(channels * inputs_per_channel, channels, kernel_size=(kernel_size, 1),
+                              dilation=(dilation, 1), groups=channels, bias=False)
+        self.norm = nn.InstanceNorm2d(channels, affine=True)
+        self.prelu = nn.PReLU(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, (0, 0, self.padding, self.padding))
+        return self.prelu(self.norm(self.conv(x)))
+
+
+class DilatedDenseBlock(nn.Module):
+    """Dense stack of dilated depthwise convolutions; layer i sees all earlier outputs.
+
+    Kernel 2 * memory_order - 1, dilation 2**i, 'same' padding; input and output
+    are [B, C, L, 1] (time on the third axis).
+    """
+
+    def __init__(self, channels: int, memory_order: int, num_layers: int) -> None:
+        super().__init__()
+        kernel = 2 * memory_order - 1
+        self.layers = nn.ModuleList()
+        for i in range(num_layers):
+            dilation = 2 ** i
+            padding = memory_order + (dilation - 1) * (memory_order - 1) - 1
+            self.layers.append(DenseLayer(channels, i + 1, kernel, dilation, padding))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = x
+        out = x
+        for layer in self.layers:
+            out = layer(skip)
+            skip = torch.cat((out, skip), dim=1)  # newest first, as in the release
+        return out
+
+
+class DilatedFSMN(nn.Module):
+    """Deep FSMN memory: Linear -> ReLU -> projection -> dilated dense block, residual."""
+
+    def __init__(self, dim: int, hidden_dim: int, memory_order: int, num_layers: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim, hidden_dim)
+        self.project = nn.Linear(hidden_dim, dim, bias=False)
+        self.dense = DilatedDenseBlock(dim, memory_order, num_layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, L, C] -> [B, L, C]."""
+        p = self.project(F.relu(self.linear(x)))  # [B, L, C]
+        memory = self.dense(p.transpose(1, 2).unsqueeze(-1))  # [B, C, L, 1]
+        return x + memory.squeeze(-1).transpose(1, 2)
+
+
+class GatedFSMN(nn.Module):
+    """u branch through the FSMN memory, gated by the v branch: v * fsmn(u) + x."""
+
+    def __init__(self, dim: int, memory_order: int, num_layers: int, dropout: float = 0.1,
+                 conv_kernel_size: int = 17) -> None:
+        super().__init__()
+        self.to_u = ConvProjection(dim, dim, norm='layernorm', kernel_size=conv_kernel_size, dropout=dropout)
+        self.to_v = ConvProjection(dim, dim, norm='layernorm', kernel_size=conv_kernel_size, dropout=dropout)
+        self.fsmn = DilatedFSMN(dim, dim, memory_order, num_layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.to_v(x) * self.fsmn(self.to_u(x)) + x
+
+
+class RecurrentModule(nn.Module):
+    """MossFormer2's recurrent module on [B, L, D], with a residual connection.
+
+    1x1 conv D -> I + PReLU -> channel layer norm -> gated FSMN -> channel layer
+    norm -> 1x1 conv I -> D.
+    """
+
+    def __init__(self, dim: int, inner_channels: int = 256, memory_order: int = 20, num_layers: int = 2,
+                 dropout: float = 0.1, conv_kernel_size: int = 17) -> None:
+        super().__init__()
+        self.in_conv = nn.Conv1d(dim, inner_channels, kernel_size=1)
+        self.in_prelu = nn.PReLU()
+        self.norm1 = ChannelLayerNorm(inner_channels)
+        self.gated_fsmn = GatedFSMN(inner_channels, memory_order, num_layers, dropout, conv_kernel_size)
+        self.norm2 = ChannelLayerNorm(inner_channels)
+        self.out_conv = nn.Conv1d(inner_channels, dim, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(self.in_prelu(self.in_conv(x.transpose(1, 2))))  # [B, I, L]
+        h = self.gated_fsmn(h.transpose(1, 2))  # [B, L, I]
+        h = self.out_conv(self.norm2(h.transpose(1, 2)))  # [B, D, L]
+        return x + h.transpose(1, 2)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Trainable parameters (constant buffers and frozen tables excluded)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+__all__ = [
+    'ScaleNorm', 'ChannelLayerNorm', 'GlobalLayerNorm', 'channel_norm', 'ConvEncoder', 'ConvDecoder',
+    'ScaledSinusoidalEmbedding', 'ConvProjection', 'OffsetScale', 'GatedAttentionUnit', 'DilatedDenseBlock',
+    'DilatedFSMN', 'GatedFSMN', 'RecurrentModule', 'count_parameters',
+]

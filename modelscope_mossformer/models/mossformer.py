@@ -1,0 +1,155 @@
+"""MossFormer: encoder / mask net / decoder separation with gated attention blocks.
+
+Zhao et al., "MossFormer: Pushing the Performance Limit of Monaural Speech
+Separation using Gated Single-Head Transformer with Convolution-Augmented Joint
+Self-Attentions", ICASSP 2023.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configs import MossFormerConfig
+from .layers import (ConvDecoder, ConvEncoder, GatedAttentionUnit, ScaledSinusoidalEmbedding, channel_norm)
+
+
+class MossFormerLayer(nn.Module):
+    """One MossFormer block, optionally followed by a recurrent module (MossFormer2)."""
+
+    def __init__(self, attention: nn.Module, recurrent: Optional[nn.Module] = None) -> None:
+        super().__init__()
+        self.attention = attention
+        self.recurrent = recurrent
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.attention(x)
+        if self.recurrent is not None:
+            x = self.recurrent(x)
+        return x
+
+
+class SequenceModel(nn.Module):
+    """R stacked layers on [B, L, D] followed by a LayerNorm."""
+
+    def __init__(self, layers: Sequence[nn.Module], dim: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.final_norm = nn.LayerNorm(dim, eps=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return self.final_norm(x)
+
+
+class MaskNet(nn.Module):
+    """Estimates one mask per speaker from the encoder output.
+
+    norm -> 1x1 conv -> + scaled sinusoidal positions -> sequence model -> norm
+    (+ skip) -> PReLU -> 1x1 conv to C x D -> tanh/sigmoid gate -> 1x1 conv to N -> ReLU.
+    """
+
+    def __init__(self, enc_channels: int, model_dim: int, num_spks: int, sequence: nn.Module, norm: str = 'ln',
+                 use_global_pos_enc: bool = True, skip_around_seq: bool = True) -> None:
+        super().__init__()
+        self.num_spks = num_spks
+        self.skip_around_seq = skip_around_seq
+        self.in_norm = channel_norm(norm, enc_channels)
+        self.in_proj = nn.Conv1d(enc_channels, model_dim, 1, bias=False)
+        self.pos_enc = ScaledSinusoidalEmbedding(model_dim) if use_global_pos_enc else None
+        self.sequence = sequence
+        self.seq_norm = channel_norm(norm, model_dim)
+        self.prelu = nn.PReLU()
+        self.out_proj = nn.Conv1d(model_dim, model_dim * num_spks, 1)
+        self.gate_tanh = nn.Conv1d(model_dim, model_dim, 1)
+        self.gate_sigmoid = nn.Conv1d(model_dim, model_dim, 1)
+        self.mask_proj = nn.Conv1d(model_dim, enc_channels, 1, bias=False)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """[B, N, L] -> masks [B, C, N, L]."""
+        b, _, num_frames = frames.shape
+        x = self.in_proj(self.in_norm(frames))  # [B, D, L]
+        if self.pos_enc is not None:
+            x = x + self.pos_enc(num_frames).transpose(0, 1)  # + [D, L]
+        h = self.sequence(x.transpose(1, 2)).transpose(1, 2)  # [B, D, L]
+        h = self.seq_norm(h)
+        if self.skip_around_seq:
+            h = h + x
+        h = self.out_proj(self.prelu(h))  # [B, C*D, L]
+        h = h.reshape(b * self.num_spks, -1, num_frames)  # [B*C, D, L]
+        h = torch.tanh(self.gate_tanh(h)) * torch.sigmoid(self.gate_sigmoid(h))
+        masks = F.relu(self.mask_proj(h))  # [B*C, N, L]
+        return masks.reshape(b, self.num_spks, -1, num_frames)
+
+
+class MossFormer(nn.Module):
+    """MossFormer separator: mixture [B, T] -> sources [B, C, T].
+
+    Args:
+        config: hyper-parameters; MossFormer(L) at 8 kHz for 2 speakers when None.
+
+    Example:
+        >>> model = MossFormer(mossformer_small(num_blocks=2))
+        >>> model(torch.randn(2, 8000)).shape
+        torch.Size([2, 2, 8000])
+    """
+
+    config_class = MossFormerConfig
+
+    def __init__(self, config: Optional[MossFormerConfig] = None) -> None:
+        super().__init__()
+        config = config if config is not None else self.config_class()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f'{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}')
+        self.config = config
+        self.num_spks = config.num_spks
+        self.encoder = ConvEncoder(config.enc_channels, config.enc_kernel_size, config.stride)
+        sequence = SequenceModel(self._build_layers(config), config.model_dim)
+        self.masker = MaskNet(config.enc_channels, config.model_dim, config.num_spks, sequence, norm=config.norm,
+                              use_global_pos_enc=config.use_global_pos_enc, skip_around_seq=config.skip_around_seq)
+        self.decoder = ConvDecoder(config.enc_channels, config.enc_kernel_size, config.stride, bias=config.dec_bias)
+
+    @staticmethod
+    def _attention_blocks(config: MossFormerConfig) -> List[GatedAttentionUnit]:
+        from rotary_embedding_torch import RotaryEmbedding
+
+        rotary = RotaryEmbedding(dim=config.rotary_width)  # one table shared by every block
+        return [
+            GatedAttentionUnit(config.model_dim, rotary, group_size=config.group_size,
+                               query_key_dim=config.query_key_dim, expansion_factor=config.expansion_factor,
+                               causal=config.causal, dropout=config.attn_dropout,
+                               conv_kernel_size=config.conv_kernel_size)
+            for _ in range(config.num_blocks)
+        ]
+
+    def _build_layers(self, config: MossFormerConfig) -> List[nn.Module]:
+        return [MossFormerLayer(block) for block in self._attention_blocks(config)]
+
+    def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        """Separate a batch of mixtures.
+
+        Args:
+            mix: [B, T] waveforms.
+
+        Returns:
+            [B, C, T] estimated sources, cropped or zero-padded to T.
+        """
+        if mix.dim() != 2:
+            raise ValueError(f'{type(self).__name__} expects mixtures shaped [batch, time], got {tuple(mix.shape)}')
+        b, num_samples = mix.shape
+        if num_samples < self.config.enc_kernel_size:
+            raise ValueError(f'input has {num_samples} samples; at least enc_kernel_size='
+                             f'{self.config.enc_kernel_size} are needed')
+        frames = self.encoder(mix)  # [B, N, L]
+        masks = self.masker(frames)  # [B, C, N, L]
+        separated = (frames.unsqueeze(1) * masks).flatten(0, 1)  # [B*C, N, L]
+        est_sources = self.decoder(separated).reshape(b, self.num_spks, -1)  # [B, C, T']
+        excess = est_sources.shape[-1] - num_samples
+        if excess > 0:
+            est_sources = est_sources[..., :num_samples]
+        elif excess < 0:
+            est_sources = F.pad(est_sources, (0, -excess))
+        return est_sources

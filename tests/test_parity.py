@@ -1,0 +1,87 @@
+"""Numerical parity with ModelScope's own MossFormer classes on identical weights."""
+import pytest
+import torch
+
+from modelscope_mossformer.models import MossFormer, MossFormer2, mossformer2_base, mossformer_large
+from modelscope_mossformer.models.checkpoint import released_key
+
+from .conftest import tiny_mossformer, tiny_mossformer2
+from .reference import reference_forward, reference_with_weights_of
+
+TOLERANCE = 1e-4
+
+
+def _random_mixture(sample_rate: int, seconds: float, batch: int = 2) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(sample_rate)
+    return 0.1 * torch.randn(batch, int(sample_rate * seconds), generator=generator)
+
+
+def _assert_parity(ours: torch.nn.Module, mix: torch.Tensor) -> None:
+    ours.eval()
+    reference = reference_with_weights_of(ours)
+    with torch.inference_mode():
+        expected = reference_forward(reference, mix)
+        actual = ours(mix)
+    assert actual.shape == (mix.shape[0], ours.num_spks, mix.shape[1])
+    assert expected.abs().max() > 1e-3  # a silent output would make parity meaningless
+    torch.testing.assert_close(actual, expected, atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize('sample_rate', [8000, 16000])
+@pytest.mark.parametrize('num_spks', [2, 3])
+@pytest.mark.parametrize('causal', [False, True])
+def test_tiny_mossformer_matches_reference(sample_rate, num_spks, causal):
+    ours = MossFormer(tiny_mossformer(sample_rate=sample_rate, num_spks=num_spks, causal=causal))
+    _assert_parity(ours, _random_mixture(sample_rate, 0.3))
+
+
+@pytest.mark.parametrize('norm', ['gln', 'cln'])
+def test_tiny_mossformer_other_norms_match_reference(norm):
+    _assert_parity(MossFormer(tiny_mossformer(norm=norm)), _random_mixture(8000, 0.2))
+
+
+@pytest.mark.parametrize('sample_rate', [8000, 16000])
+@pytest.mark.parametrize('num_spks', [2, 3])
+def test_tiny_mossformer2_matches_reference(sample_rate, num_spks):
+    ours = MossFormer2(tiny_mossformer2(sample_rate=sample_rate, num_spks=num_spks))
+    _assert_parity(ours, _random_mixture(sample_rate, 0.3))
+
+
+def test_odd_lengths_keep_the_input_length():
+    ours = MossFormer(tiny_mossformer()).eval()
+    for length in (16, 17, 257, 1001):
+        mix = torch.randn(2, length)
+        with torch.inference_mode():
+            assert ours(mix).shape == (2, 2, length)
+    _assert_parity(ours, torch.randn(2, 1001))
+
+
+def test_gradients_match_reference():
+    ours = MossFormer2(tiny_mossformer2()).eval()  # eval: dropout off, so both are deterministic
+    reference = reference_with_weights_of(ours)
+    mix = _random_mixture(8000, 0.2)
+    ours(mix).pow(2).mean().backward()
+    reference(mix).pow(2).mean().backward()
+    reference_grads = dict(reference.named_parameters())
+    compared = 0
+    for name, parameter in ours.named_parameters():
+        if parameter.grad is None:
+            continue
+        expected = reference_grads[released_key(name, 'mossformer2')].grad
+        torch.testing.assert_close(parameter.grad, expected, atol=1e-5, rtol=1e-3, msg=name)
+        compared += 1
+    assert compared > 50
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('family', ['mossformer', 'mossformer2'])
+@pytest.mark.parametrize('sample_rate', [8000, 16000])
+def test_released_size_matches_reference(family, sample_rate):
+    ours = MossFormer(mossformer_large(sample_rate=sample_rate)) if family == 'mossformer' \
+        else MossFormer2(mossformer2_base(sample_rate=sample_rate))
+    _assert_parity(ours, _random_mixture(sample_rate, 0.5))
+
+
+@pytest.mark.slow
+def test_released_size_three_speakers_matches_reference():
+    _assert_parity(MossFormer2(mossformer2_base(num_spks=3)), _random_mixture(8000, 0.5))
