@@ -1,0 +1,16 @@
+"""Everything between audio files and training batches."""
+from __future__ import annotations
+
+from .audio import AudioError, read_audio, resample, write_audio
+from .dataset import (AugmentConfig, ExampleError, ManifestDataset, RowDataset, SeparationDataset,
+                      collate_separation, length_mask)
+from .manifest import (Example, ManifestError, load_manifest, read_csv_manifest, read_scp_manifest, scan_librimix,
+                       write_csv_manifest, write_scp_manifest)
+from .preprocessor import AudioBrainPreprocessor
+
+__all__ = [
+    'AudioError', 'read_audio', 'resample', 'write_audio', 'AugmentConfig', 'ExampleError', 'ManifestDataset',
+    'RowDataset', 'SeparationDataset', 'collate_separation', 'length_mask', 'Example', 'ManifestError',
+    'load_manifest', 'read_csv_manifest', 'read_scp_manifest', 'scan_librimix', 'write_csv_manifest',
+    'write_scp_manifest', 'AudioBrainPreprocessor',
+]
