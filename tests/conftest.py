@@ -1,6 +1,8 @@
 """Shared fixtures: tiny model configs and deterministic inputs."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -32,3 +34,20 @@ def mixture():
     """Two 0.25 s mixtures at 8 kHz: long enough for several attention groups and a padded one."""
     generator = torch.Generator().manual_seed(1234)
     return torch.randn(2, 2000, generator=generator) * 0.1
+
+
+def pytest_runtest_setup(item):
+    """Hide SpeechBrain's not-yet-imported lazy modules from `sys.modules` scans.
+
+    Hypothesis reads `__file__` of every module in `sys.modules`; on SpeechBrain's
+    lazy placeholders that triggers their import, and optional integrations such
+    as `speechbrain.integrations.k2_fsa` raise ImportError without k2.  The
+    placeholders stay reachable as attributes of their packages.
+    """
+    if 'speechbrain' not in sys.modules:
+        return
+    from speechbrain.utils.importutils import LazyModule
+
+    for name, module in list(sys.modules.items()):
+        if isinstance(module, LazyModule) and getattr(module, 'lazy_module', None) is None:
+            del sys.modules[name]

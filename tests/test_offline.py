@@ -171,9 +171,10 @@ def test_local_round_trip_makes_no_network_access(tmp_path: Path) -> None:
         assert found['finite']
 
 
-@pytest.fixture()
-def saved_relative_model(tmp_path: Path) -> Path:
-    """tmp_path/models/tiny: a tiny MossFormer model dir with weights (written offline in a subprocess)."""
+@pytest.fixture(scope='module')
+def saved_relative_model(tmp_path_factory) -> Path:
+    """<dir>/models/tiny: a tiny MossFormer model dir with weights (written offline in a subprocess)."""
+    tmp_path = tmp_path_factory.mktemp('relative')
     source = write_model_dir(tmp_path / 'source', 'speech_mossformer_separation_temporal_8k')
     run_python(ROUND_TRIP, json.dumps({'speech_mossformer_separation_temporal_8k': str(source)}),
                str(tmp_path / 'saved'), cwd=tmp_path)
