@@ -28,7 +28,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -65,11 +65,15 @@ def bench_model(name: str, seconds: float, sample_rate: int, repeats: int) -> Di
     generator = torch.Generator().manual_seed(1)
     mix = torch.randn(BATCH_SIZE, num_samples, generator=generator)  # [B, T]
 
-    run_ours = lambda: ours(mix)  # noqa: E731
-    run_reference = lambda: reference_forward(reference, mix)  # noqa: E731
+    def run_ours() -> torch.Tensor:
+        return ours(mix)  # [B, C, T]
+
+    def run_reference() -> torch.Tensor:
+        return reference_forward(reference, mix)  # [B, C, T]
+
     with torch.inference_mode():
-        out_ours = run_ours()  # warm-up; [B, C, T]
-        out_reference = run_reference()  # warm-up; [B, C, T]
+        out_ours = run_ours()  # warm-up
+        out_reference = run_reference()  # warm-up
         times_ours: List[float] = []
         times_reference: List[float] = []
         for _ in range(repeats):
@@ -109,7 +113,7 @@ def print_table(rows: List[Dict[str, object]]) -> None:
               f'{row["ratio_ours_over_reference"]:>8.3f} {row["max_abs_diff"]:>10.2e}')
 
 
-def parse_args(argv: List[str] = None) -> argparse.Namespace:
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--seconds', type=float, default=4.0, help='audio length per example (default 4)')
     parser.add_argument('--sample-rate', type=int, default=8000, help='sample rate in Hz (default 8000)')
@@ -128,7 +132,7 @@ def parse_args(argv: List[str] = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: List[str] = None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f'torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}; '

@@ -23,6 +23,11 @@ def test_released_section_maps_onto_fields():
     assert config == mossformer_large()
 
 
+def test_released_mossformer2_width_is_out_channels():
+    config = MossFormer2Config.from_model_kwargs({'in_channels': 64, 'out_channels': 64, 'num_blocks': 2})
+    assert (config.enc_channels, config.model_dim, config.num_blocks) == (64, 64, 2)
+
+
 def test_released_mossformer2_section():
     section = {'type': 'speech_mossformer2_separation_temporal_8k', 'in_channels': 512, 'out_channels': 512,
                'num_blocks': 24, 'kernel_size': 16, 'norm': 'ln', 'num_spks': 3, 'skip_around_intra': True,
@@ -49,7 +54,7 @@ def test_unknown_key_error_names_the_source():
 
 
 def test_inconsistent_released_widths_are_rejected():
-    with pytest.raises(ValueError, match="'out_channels'=256 must equal model_dim=512"):
+    with pytest.raises(ValueError, match="'out_channels'=256 conflicts with 'model_dim'=512"):
         MossFormerConfig.from_model_kwargs({'d_model': 512, 'out_channels': 256, 'in_channels': 256})
     with pytest.raises(ValueError, match='in_channels == out_channels'):
         MossFormerConfig.from_model_kwargs({'d_model': 512, 'out_channels': 512, 'in_channels': 256})

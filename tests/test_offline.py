@@ -38,7 +38,7 @@ TINY = {
         'expansion_factor': 4.0, 'causal': False, 'norm': 'ln'},
     'speech_mossformer2_separation_temporal_8k': {
         'in_channels': 32, 'out_channels': 32, 'num_blocks': 1, 'kernel_size': 16, 'norm': 'ln', 'num_spks': 2,
-        'model_dim': 32, 'group_size': 16, 'query_key_dim': 16, 'fsmn_inner_channels': 16,
+        'group_size': 16, 'query_key_dim': 16, 'fsmn_inner_channels': 16,
         'fsmn_memory_order': 4},
 }
 

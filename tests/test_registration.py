@@ -33,10 +33,9 @@ TINY_MOSSFORMER = {'num_spks': 2, 'kernel_size': 16, 'in_channels': 32, 'out_cha
                    'bias': False, 'num_blocks': 1, 'd_model': 32, 'attn_dropout': 0.1, 'group_size': 16,
                    'query_key_dim': 16, 'expansion_factor': 4.0, 'causal': False, 'norm': 'ln'}
 # MossFormer2 releases only in_channels, out_channels, num_blocks, kernel_size, norm and num_spks; the
-# rest shrink it with this package's own field names.  `model_dim` repeats `out_channels` because the config
-# currently reads `out_channels` as a check against `model_dim` (default 512), not as its value.
+# rest shrink it with this package's own field names.
 TINY_MOSSFORMER2 = {'in_channels': 32, 'out_channels': 32, 'num_blocks': 1, 'kernel_size': 16, 'norm': 'ln',
-                    'num_spks': 2, 'model_dim': 32, 'group_size': 16, 'query_key_dim': 16,
+                    'num_spks': 2, 'group_size': 16, 'query_key_dim': 16,
                     'fsmn_inner_channels': 16, 'fsmn_memory_order': 4}
 
 MODEL_TYPES = {

@@ -79,10 +79,9 @@ class MossFormerConfig:
         'stride': 'enc_stride',
         'bias': 'dec_bias',
         'd_model': 'model_dim',
+        'out_channels': 'model_dim',  # MossFormer2 releases name the width only this way
         'skip_around_intra': 'skip_around_seq',
     }
-    # Released keys that must agree with another field (checked, not stored).
-    _MUST_EQUAL = {'out_channels': 'model_dim'}
     # Released keys accepted and ignored (no effect in the reference either).
     _IGNORED = frozenset({'max_length'})
 
@@ -145,7 +144,6 @@ class MossFormerConfig:
         """
         names = {f.name for f in dataclasses.fields(cls)}
         values: Dict[str, Any] = {}
-        checks = []
         for key, value in kwargs.items():
             if key in MODELSCOPE_PLUMBING_KEYS or key in cls._IGNORED or key == 'family':
                 continue
@@ -153,20 +151,13 @@ class MossFormerConfig:
                 target = key
             elif key in cls._ALIASES:
                 target = cls._ALIASES[key]
-            elif key in cls._MUST_EQUAL:
-                checks.append((key, value, cls._MUST_EQUAL[key]))
-                continue
             else:
-                known = sorted(names | set(cls._ALIASES) | set(cls._MUST_EQUAL))
+                known = sorted(names | set(cls._ALIASES))
                 raise ValueError(f'{source}: unknown key {key!r} for {cls.__name__}; known keys: {known}')
             if target in values and values[target] != value:
                 raise ValueError(f'{source}: {key!r}={value!r} conflicts with {target!r}={values[target]!r}')
             values[target] = value
         config = cls(**values)
-        for key, value, target in checks:
-            if getattr(config, target) != value:
-                raise ValueError(f'{source}: {key!r}={value!r} must equal {target}={getattr(config, target)!r} '
-                                 f'(the sequence model and mask-net widths are one dimension)')
         if 'in_channels' in kwargs and 'out_channels' in kwargs and kwargs['in_channels'] != kwargs['out_channels']:
             raise ValueError(f'{source}: the released models need in_channels == out_channels, '
                              f'got {kwargs["in_channels"]} and {kwargs["out_channels"]}')
