@@ -7,10 +7,11 @@ from .dataset import (AugmentConfig, ExampleError, ManifestDataset, RowDataset, 
 from .manifest import (Example, ManifestError, load_manifest, read_csv_manifest, read_scp_manifest, scan_librimix,
                        write_csv_manifest, write_scp_manifest)
 from .preprocessor import AudioBrainPreprocessor
+from .sources import HubUnavailableError, load_split, msdataset_from_csv
 
 __all__ = [
     'AudioError', 'read_audio', 'resample', 'write_audio', 'AugmentConfig', 'ExampleError', 'ManifestDataset',
     'RowDataset', 'SeparationDataset', 'collate_separation', 'length_mask', 'Example', 'ManifestError',
     'load_manifest', 'read_csv_manifest', 'read_scp_manifest', 'scan_librimix', 'write_csv_manifest',
-    'write_scp_manifest', 'AudioBrainPreprocessor',
+    'write_scp_manifest', 'AudioBrainPreprocessor', 'HubUnavailableError', 'load_split', 'msdataset_from_csv',
 ]
