@@ -1,0 +1,507 @@
+"""`build_trainer(Trainers.speech_separation, ...)`: train, resume, fine-tune and evaluate.
+
+The training loop, mixed precision, gradient accumulation, the non-finite loss
+guard, DDP, progress bars and checkpoint recovery are SpeechBrain's `Brain`;
+`SeparationBrain` adds only what is specific to separation (PIT SI-SNR, the
+plateau schedule, best-model export).  No hparams.yaml is needed: settings come
+from the ``train`` section of configuration.json over `DEFAULT_TRAIN_CONFIG`.
+
+Files in ``work_dir``:
+    save/CKPT+<time>/   SpeechBrain checkpoints (latest and best by validation SI-SNR),
+                        written to a temporary folder and renamed, so a kill at any
+                        moment leaves the previous checkpoint usable
+    best_model/         a loadable model dir: configuration.json + released-format weights
+    configuration.json  the merged configuration this run used
+    train_log.txt       one line per epoch; tensorboard/ scalars; log.txt the full log
+    eval_results.csv    per-utterance scores of the last `evaluate()`
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Union
+
+import numpy as np
+import torch
+from modelscope.trainers.builder import TRAINERS
+from modelscope.trainers.base import BaseTrainer
+
+from .data.dataset import AugmentConfig, SeparationDataset, collate_separation
+from .data.sources import HubUnavailableError, hub_reachable, load_split
+from .metainfo import Trainers
+from .metrics import pit_si_snr, pit_si_snr_loss, separation_scores
+from .model import MossFormerSeparation, read_configuration, write_configuration
+from .models.checkpoint import load_weights
+from .registration import register
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TRAIN_CONFIG: Dict[str, Any] = {
+    # schedule (the released recipe)
+    'max_epochs': 200,
+    'lr': 1.5e-4,
+    'fine_tune_lr': 5e-5,  # used instead of lr when init_checkpoint is set
+    'weight_decay': 0.0,
+    'max_grad_norm': 5.0,
+    'lr_scheduler': {'factor': 0.5, 'patience': 2, 'dont_halve_until_epoch': 85, 'lr_min': 1e-8},
+    'loss_threshold_db': 30.0,  # examples separated better than this are left out of the loss
+    # data
+    'batch_size': 1,
+    'eval_batch_size': 1,
+    'num_workers': 0,
+    'segment_seconds': 4.0,
+    'augment': {'dynamic_mixing': False, 'dm_gain_db': [-5.0, 5.0], 'speed_perturb': False,
+                'speeds': [95.0, 100.0, 105.0], 'random_gain_db': None},
+    'bad_example_policy': 'raise',
+    # SpeechBrain run options
+    'precision': 'fp32',
+    'eval_precision': 'fp32',
+    'grad_accumulation_factor': 1,
+    'nonfinite_patience': 3,
+    'ckpt_interval_minutes': 0,
+    'ckpt_interval_steps': 0,
+    'progressbar': True,
+    'distributed_backend': None,  # nccl on CUDA, gloo on CPU when None
+    # runs
+    'seed': 1234,
+    'init_checkpoint': None,
+}
+
+
+def merge_config(base: Mapping[str, Any], override: Mapping[str, Any], where: str = 'train') -> Dict[str, Any]:
+    """Recursively override `base`; unknown keys raise ValueError naming the full key."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if key not in base:
+            raise ValueError(f'unknown configuration key {where}.{key}; known: {sorted(base)}')
+        if isinstance(base[key], Mapping) and isinstance(value, Mapping):
+            merged[key] = merge_config(base[key], value, f'{where}.{key}')
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get('RANK', '0')) == 0
+
+
+# ---------------------------------------------------------------------------
+# SpeechBrain pieces
+# ---------------------------------------------------------------------------
+
+
+def _atomic_checkpointer_class():
+    from speechbrain.utils.checkpoints import METAFNAME, Checkpoint, Checkpointer
+    from speechbrain.utils.distributed import ddp_barrier, ddp_broadcast, if_main_process
+
+    class AtomicCheckpointer(Checkpointer):
+        """Writes each checkpoint into a hidden folder and renames it into place when complete.
+
+        SpeechBrain's own checkpointer writes the meta file first and the weights
+        after it, so a kill mid-save leaves a folder that looks complete.  Here the
+        folder only gets its ``CKPT+`` name once every file is on disk.
+        """
+
+        def save_checkpoint(self, meta={}, end_of_epoch=True, name=None, verbosity=logging.INFO):  # noqa: B006
+            final = tmp = None
+            if if_main_process():
+                final = self._new_checkpoint_dirpath() if name is None else self._custom_checkpoint_dirpath(name)
+                tmp = final.parent / f'.partial-{final.name}'
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            tmp = ddp_broadcast(tmp, src=0)
+            for key, obj in self.recoverables.items():
+                path = tmp / f'{key}.ckpt'
+                if key in self.custom_save_hooks:
+                    self.custom_save_hooks[key](obj, path)
+                    continue
+                from speechbrain.utils.checkpoints import DEFAULT_SAVE_HOOKS, get_default_hook
+
+                hook = get_default_hook(obj, DEFAULT_SAVE_HOOKS)
+                if hook is None:
+                    raise RuntimeError(f"don't know how to save {type(obj)} ({key})")
+                hook(obj, path)
+            ddp_barrier()
+            if not if_main_process():
+                return None
+            saved_meta = self._save_checkpoint_metafile(tmp / METAFNAME, meta, end_of_epoch)
+            for file in tmp.iterdir():
+                with open(file, 'rb') as handle:
+                    os.fsync(handle.fileno())
+            os.rename(tmp, final)
+            logger.log(verbosity, 'saved %s checkpoint %s', 'end-of-epoch' if end_of_epoch else 'intra-epoch',
+                       final)
+            return Checkpoint(final, saved_meta, {k: final / f'{k}.ckpt' for k in self.recoverables})
+
+    return AtomicCheckpointer
+
+
+def _rng_state_class():
+    from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+
+    @register_checkpoint_hooks
+    class RNGState:
+        """Python, NumPy and torch random states, saved with every checkpoint."""
+
+        @mark_as_saver
+        def save(self, path):
+            torch.save({'python': random.getstate(), 'numpy': np.random.get_state(),
+                        'torch': torch.get_rng_state(),
+                        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, path)
+
+        @mark_as_loader
+        def load(self, path, end_of_epoch=False):
+            state = torch.load(path, weights_only=False)
+            random.setstate(state['python'])
+            np.random.set_state(state['numpy'])
+            torch.set_rng_state(state['torch'])
+            if state['cuda'] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state['cuda'])
+
+    return RNGState
+
+
+def _brain_class():
+    import speechbrain as sb
+
+    class SeparationBrain(sb.Brain):
+        """PIT SI-SNR training of a separator held in ``modules.separator``."""
+
+        def compute_forward(self, batch, stage):
+            return self.modules.separator(batch['mix'].to(self.device))
+
+        def compute_objectives(self, predictions, batch, stage):
+            references = batch['sources'].to(self.device)
+            lengths = batch['lengths'].to(self.device)
+            estimates = predictions.float()
+            if stage == sb.Stage.TRAIN:
+                return pit_si_snr_loss(estimates, references, lengths, self.hparams.loss_threshold_db)
+            scores, _ = pit_si_snr(estimates, references, lengths)
+            return -scores.mean()
+
+        def fit_batch(self, batch):
+            self.skipped += int(batch['skipped'])
+            if len(batch['ids']) == 0:
+                return torch.tensor(0.0)
+            return super().fit_batch(batch)
+
+        def evaluate_batch(self, batch, stage):
+            self.skipped += int(batch['skipped'])
+            if len(batch['ids']) == 0:
+                return torch.tensor(0.0)
+            return super().evaluate_batch(batch, stage)
+
+        def on_stage_start(self, stage, epoch=None):
+            self.skipped = 0
+            if stage == sb.Stage.TRAIN and epoch is not None:
+                self.hparams.train_set.set_epoch(epoch)
+
+        def on_stage_end(self, stage, stage_loss, epoch=None):
+            if self.skipped:
+                logger.warning('%s epoch %s: skipped %d bad example(s) (bad_example_policy=skip)',
+                               stage.name.lower(), epoch, self.skipped)
+            if stage == sb.Stage.TRAIN:
+                self.train_loss = stage_loss
+                self.train_skipped = self.skipped
+                return
+            if stage != sb.Stage.VALID:
+                return
+            valid_si_snr = -stage_loss
+            old_lr, new_lr = self.hparams.lr_scheduler([self.optimizer], epoch, stage_loss)
+            sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
+            stats = {'train_loss': self.train_loss, 'valid_si_snr': valid_si_snr, 'lr': old_lr,
+                     'train_skipped': self.train_skipped, 'valid_skipped': self.skipped}
+            self.hparams.on_epoch_end(epoch, stats)
+            self.checkpointer.save_and_keep_only(meta={'si-snr': valid_si_snr, 'epoch': epoch},
+                                                 max_keys=['si-snr'], num_to_keep=1)
+
+    return SeparationBrain
+
+
+# ---------------------------------------------------------------------------
+# the ModelScope trainer
+# ---------------------------------------------------------------------------
+
+
+def _resolve_model(model: Any, device: Optional[str]) -> MossFormerSeparation:
+    if isinstance(model, MossFormerSeparation):
+        return model
+    if isinstance(model, torch.nn.Module) and hasattr(model, 'config'):
+        adapter = MossFormerSeparation(config=model.config)
+        adapter.separator = model
+        return adapter
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f'model must be a model dir, a hub id or a MossFormerSeparation, got {type(model).__name__}')
+    from modelscope.models import Model
+
+    path = Path(os.path.expanduser(str(model)))
+    if path.is_dir():
+        return Model.from_pretrained(str(path.resolve()))
+    if path.exists():
+        raise ValueError(f'{path}: a model must be a directory with a configuration.json')
+    if not hub_reachable():
+        raise HubUnavailableError(f'{model!r} is not a local directory and the ModelScope hub is not reachable; '
+                                  'pass a local model dir (configuration.json, optional weights)')
+    from modelscope.hub.snapshot_download import snapshot_download
+
+    return Model.from_pretrained(snapshot_download(str(model)))
+
+
+class SpeechSeparationTrainer(BaseTrainer):
+    """Trains and evaluates MossFormer / MossFormer2 through ModelScope's `build_trainer`.
+
+    Args:
+        model: local model dir, hub id, or a `MossFormerSeparation`.
+        train_dataset, eval_dataset: ModelScope torch datasets of rows with ``mix_sig`` /
+            ``sN_sig`` fields (as built with AudioBrainPreprocessor), or a CSV / scp /
+            LibriMix folder path.
+        work_dir: checkpoints, logs and the best model go here.
+        max_epochs, seed, init_checkpoint: shortcuts for the matching ``train`` keys.
+        train: overrides of the ``train`` section.
+        cfg_modify_fn: called with the merged configuration (a ModelScope `Config`) and
+            returns the configuration to use.
+        device: 'cpu', 'cuda', 'cuda:1'...; CUDA when available if None.
+    """
+
+    def __init__(self, model: Any, train_dataset: Any = None, eval_dataset: Any = None,
+                 work_dir: Union[str, os.PathLike] = './work_dir', max_epochs: Optional[int] = None,
+                 seed: Optional[int] = None, init_checkpoint: Optional[str] = None,
+                 train: Optional[Mapping[str, Any]] = None, cfg_modify_fn: Optional[Callable] = None,
+                 device: Optional[str] = None, **kwargs: Any) -> None:
+        self.work_dir = Path(work_dir).resolve()
+        self.device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+        if self.device.startswith('cuda') and 'LOCAL_RANK' in os.environ:
+            self.device = f'cuda:{int(os.environ["LOCAL_RANK"])}'
+        self.model = _resolve_model(model, self.device)
+        configuration = (read_configuration(self.model.model_dir) if self.model.model_dir
+                         and (Path(self.model.model_dir) / 'configuration.json').is_file() else {})
+        shortcuts = {k: v for k, v in {'max_epochs': max_epochs, 'seed': seed,
+                                       'init_checkpoint': init_checkpoint}.items() if v is not None}
+        train_cfg = merge_config(DEFAULT_TRAIN_CONFIG, configuration.get('train') or {})
+        train_cfg = merge_config(train_cfg, dict(train or {}))
+        train_cfg = merge_config(train_cfg, shortcuts)
+        configuration.update({'framework': 'pytorch', 'task': 'speech-separation',
+                              'model': self.model.model_section(), 'train': train_cfg})
+        if cfg_modify_fn is not None:
+            from modelscope.utils.config import Config
+
+            modified = cfg_modify_fn(Config(copy.deepcopy(configuration)))
+            configuration = modified.to_dict() if hasattr(modified, 'to_dict') else dict(modified)
+            configuration['train'] = merge_config(DEFAULT_TRAIN_CONFIG, configuration.get('train') or {})
+        self.train_cfg = configuration['train']
+        if kwargs:
+            logger.info('ignoring trainer arguments %s', sorted(kwargs))
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        config_path = self.work_dir / 'configuration.json'
+        if _is_main_process():
+            write_configuration(self.work_dir, configuration)
+        super().__init__(str(config_path))
+        self.configuration = configuration
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
+        self._attach_file_log()
+
+    # -- helpers -----------------------------------------------------------
+
+    @property
+    def best_model_dir(self) -> Path:
+        return self.work_dir / 'best_model'
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.work_dir / 'save'
+
+    def _attach_file_log(self) -> None:
+        if not _is_main_process():
+            return
+        path = self.work_dir / 'log.txt'
+        package_logger = logging.getLogger('modelscope_mossformer')
+        if not any(getattr(h, 'baseFilename', None) == str(path) for h in package_logger.handlers):
+            handler = logging.FileHandler(path)
+            handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
+            package_logger.addHandler(handler)
+            if package_logger.level == logging.NOTSET or package_logger.level > logging.INFO:
+                package_logger.setLevel(logging.INFO)
+
+    def _dataset(self, source: Any, split: str, train: bool) -> SeparationDataset:
+        if source is None:
+            raise ValueError(f'no {split} dataset was given to the trainer')
+        base = load_split(source, split, num_spks=self.model.num_spks, sample_rate=self.model.sample_rate)
+        cfg = self.train_cfg
+        augment = cfg['augment']
+        return SeparationDataset(
+            base, self.model.sample_rate, segment_seconds=cfg['segment_seconds'] if train else None, train=train,
+            augment=AugmentConfig(dynamic_mixing=augment['dynamic_mixing'], dm_gain_db=tuple(augment['dm_gain_db']),
+                                  speed_perturb=augment['speed_perturb'], speeds=tuple(augment['speeds']),
+                                  random_gain_db=(tuple(augment['random_gain_db'])
+                                                  if augment['random_gain_db'] is not None else None)),
+            bad_example_policy=cfg['bad_example_policy'], seed=cfg['seed'])
+
+    def _seed(self) -> None:
+        seed = int(self.train_cfg['seed'])
+        os.environ['SB_GLOBAL_SEED'] = str(seed)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def _run_options(self):
+        from speechbrain.utils.run_opts import RunOptions
+
+        cfg = self.train_cfg
+        backend = cfg['distributed_backend'] or ('nccl' if self.device.startswith('cuda') else 'gloo')
+        return RunOptions.from_dictionary({
+            'device': self.device, 'precision': cfg['precision'], 'eval_precision': cfg['eval_precision'],
+            'max_grad_norm': cfg['max_grad_norm'], 'nonfinite_patience': cfg['nonfinite_patience'],
+            'grad_accumulation_factor': cfg['grad_accumulation_factor'],
+            'ckpt_interval_minutes': cfg['ckpt_interval_minutes'], 'ckpt_interval_steps': cfg['ckpt_interval_steps'],
+            'noprogressbar': not cfg['progressbar'], 'distributed_backend': backend})
+
+    def _initialise_weights(self) -> float:
+        """Load `init_checkpoint` (fine-tuning) unless a run is being resumed; return the learning rate."""
+        cfg = self.train_cfg
+        if not cfg['init_checkpoint']:
+            return cfg['lr']
+        report = load_weights(self.model.separator, cfg['init_checkpoint'],
+                              allow_shape_mismatch=('masker.out_proj.',))
+        if report.reinitialised:
+            logger.warning('init_checkpoint %s: re-initialised %s (speaker count differs)', report.source,
+                           ', '.join(report.reinitialised))
+        logger.info('fine-tuning from %s (%s) at lr %g', report.source, report.format, cfg['fine_tune_lr'])
+        return cfg['fine_tune_lr']
+
+    # -- training ----------------------------------------------------------
+
+    def train(self, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+        """Train until ``max_epochs``; a second call with the same work_dir resumes."""
+        import speechbrain as sb
+        from speechbrain.nnet.schedulers import ReduceLROnPlateau
+        from speechbrain.utils.distributed import ddp_init_group
+        from speechbrain.utils.epoch_loop import EpochCounter
+
+        cfg = self.train_cfg
+        self._seed()
+        run_opts = self._run_options()
+        ddp_init_group(run_opts)
+        train_set = self._dataset(self.train_dataset, 'train', train=True)
+        valid_set = self._dataset(self.eval_dataset, 'validation', train=False)
+        lr = self._initialise_weights()
+        separator = self.model.separator
+        counter = EpochCounter(cfg['max_epochs'])
+        scheduler = ReduceLROnPlateau(lr_min=cfg['lr_scheduler']['lr_min'], factor=cfg['lr_scheduler']['factor'],
+                                      patience=cfg['lr_scheduler']['patience'],
+                                      dont_halve_until_epoch=cfg['lr_scheduler']['dont_halve_until_epoch'])
+        checkpointer = _atomic_checkpointer_class()(
+            str(self.checkpoint_dir), recoverables={'separator': separator, 'counter': counter,
+                                                    'lr_scheduler': scheduler, 'rng': _rng_state_class()()})
+        self._clean_partial_checkpoints()
+        history = []
+        hparams = {'loss_threshold_db': cfg['loss_threshold_db'], 'lr_scheduler': scheduler, 'train_set': train_set,
+                   'on_epoch_end': lambda epoch, stats: history.append(self._on_epoch_end(epoch, stats))}
+        brain = _brain_class()(modules={'separator': separator},
+                               opt_class=lambda params: torch.optim.Adam(params, lr=lr,
+                                                                        weight_decay=cfg['weight_decay']),
+                               hparams=hparams, run_opts=run_opts, checkpointer=checkpointer)
+        loader = {'batch_size': cfg['batch_size'], 'num_workers': cfg['num_workers'],
+                  'collate_fn': collate_separation}
+        brain.fit(counter, train_set, valid_set, train_loader_kwargs=dict(loader, shuffle=True),
+                  valid_loader_kwargs=dict(loader, batch_size=cfg['eval_batch_size']))
+        self._brain = brain
+        if self.best_model_dir.is_dir():
+            self.model.model_dir = str(self.best_model_dir)
+        return {'epochs': history, 'best_model_dir': str(self.best_model_dir)}
+
+    def _clean_partial_checkpoints(self) -> None:
+        if _is_main_process() and self.checkpoint_dir.is_dir():
+            for partial in self.checkpoint_dir.glob('.partial-*'):
+                logger.warning('removing incomplete checkpoint %s (interrupted save)', partial)
+                shutil.rmtree(partial, ignore_errors=True)
+
+    def _on_epoch_end(self, epoch: int, stats: Dict[str, Any]) -> Dict[str, Any]:
+        record = {'epoch': epoch, **{k: float(v) for k, v in stats.items()}}
+        if not _is_main_process():
+            return record
+        best = self._best_valid_si_snr()
+        if best is None or record['valid_si_snr'] > best:
+            self._export_best_model(record)
+        line = ', '.join(f'{k}: {v:.6g}' for k, v in record.items())
+        with open(self.work_dir / 'train_log.txt', 'a') as handle:
+            handle.write(line + '\n')
+        logger.info('epoch %d: %s', epoch, line)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            with SummaryWriter(str(self.work_dir / 'tensorboard')) as writer:
+                for key in ('train_loss', 'valid_si_snr', 'lr'):
+                    writer.add_scalar(key, record[key], epoch)
+        except ImportError:
+            logger.info('tensorboard is not installed; scalars only in train_log.txt')
+        return record
+
+    def _best_valid_si_snr(self) -> Optional[float]:
+        path = self.best_model_dir / 'configuration.json'
+        if not path.is_file():
+            return None
+        return json.loads(path.read_text()).get('train_result', {}).get('valid_si_snr')
+
+    def _export_best_model(self, record: Mapping[str, Any]) -> None:
+        """Replace best_model/ by a complete new folder (rename dance: never a half-written best model)."""
+        tmp = self.work_dir / '.best_model.tmp'
+        old = self.work_dir / '.best_model.old'
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.save_model_dir(tmp, extra_configuration={'train_result': dict(record),
+                                                            'train': self.train_cfg})
+        if self.best_model_dir.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(self.best_model_dir, old)
+        os.rename(tmp, self.best_model_dir)
+        shutil.rmtree(old, ignore_errors=True)
+        logger.info('new best model (valid SI-SNR %.3f dB) in %s', record['valid_si_snr'], self.best_model_dir)
+
+    # -- evaluation --------------------------------------------------------
+
+    def evaluate(self, checkpoint_path: Optional[str] = None, *args: Any, **kwargs: Any) -> Dict[str, float]:
+        """Mean SI-SNR, SI-SNRi, SDR and SDRi (dB, higher is better) on the eval dataset.
+
+        Unlike ModelScope's built-in trainer (which returns the negative SI-SNR
+        loss), these are the metrics as reported in papers.
+
+        Args:
+            checkpoint_path: weights to evaluate; when None the best model in
+                work_dir, or the model's own weights when training never ran.
+        """
+        source = checkpoint_path or (self.best_model_dir if self.best_model_dir.is_dir() else None)
+        if source is not None:
+            load_weights(self.model.separator, source)
+        dataset = self._dataset(self.eval_dataset, 'test', train=False)
+        separator = self.model.separator.to(self.device).eval()
+        rows = []
+        from tqdm import tqdm
+
+        for index in tqdm(range(len(dataset)), desc='evaluate', disable=not self.train_cfg['progressbar']):
+            item = dataset[index]
+            if item is None:
+                continue
+            with torch.inference_mode():
+                estimates = separator(item['mix'][None].to(self.device))[0].float().cpu()
+            rows.append({'id': item['id'], **separation_scores(estimates, item['sources'], item['mix'])})
+        if not rows:
+            raise ValueError('evaluation dataset yielded no usable example')
+        keys = ('si-snr', 'si-snri', 'sdr', 'sdri')
+        summary = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+        if _is_main_process():
+            with open(self.work_dir / 'eval_results.csv', 'w', newline='') as handle:
+                writer = csv.DictWriter(handle, fieldnames=('id',) + keys)
+                writer.writeheader()
+                writer.writerows(rows)
+                writer.writerow({'id': 'MEAN', **summary})
+        logger.info('evaluation on %d utterances: %s', len(rows), summary)
+        return summary
+
+
+register(TRAINERS, SpeechSeparationTrainer, Trainers.speech_separation)
