@@ -12,6 +12,7 @@ from . import metainfo
 from .data import AudioBrainPreprocessor
 from .model import MossFormerSeparation
 from .trainer import SpeechSeparationTrainer
+from .pipeline import MossFormerSeparationPipeline
 from .models import (MossFormer, MossFormer2, MossFormer2Config, MossFormerConfig, build_separator,
                      mossformer2_base, mossformer_large, mossformer_medium, mossformer_small)
 
@@ -20,6 +21,6 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 __version__ = '0.1.0'
 
 __all__ = [
-    'AudioBrainPreprocessor', 'MossFormer', 'MossFormer2', 'MossFormerConfig', 'MossFormer2Config', 'MossFormerSeparation', 'SpeechSeparationTrainer',
+    'AudioBrainPreprocessor', 'MossFormer', 'MossFormer2', 'MossFormerConfig', 'MossFormer2Config', 'MossFormerSeparation', 'SpeechSeparationTrainer', 'MossFormerSeparationPipeline',
     'build_separator', 'metainfo', 'mossformer_small', 'mossformer_medium', 'mossformer_large', 'mossformer2_base',
 ]
