@@ -37,6 +37,7 @@ from .data.sources import HubUnavailableError, hub_reachable, load_split
 from .metainfo import Trainers
 from .metrics import pit_si_snr, pit_si_snr_loss, separation_scores
 from .model import MossFormerSeparation, read_configuration, write_configuration
+from .models import build_separator
 from .models.checkpoint import load_weights
 from .registration import register
 
@@ -279,6 +280,8 @@ class SpeechSeparationTrainer(BaseTrainer):
         if self.device.startswith('cuda') and 'LOCAL_RANK' in os.environ:
             self.device = f'cuda:{int(os.environ["LOCAL_RANK"])}'
         self.model = _resolve_model(model, self.device)
+        # a model dir without weights gives random ones, drawn before the run's seed is known
+        self._redraw_initial_weights = isinstance(model, (str, os.PathLike)) and self.model.weights_source is None
         configuration = (read_configuration(self.model.model_dir) if self.model.model_dir
                          and (Path(self.model.model_dir) / 'configuration.json').is_file() else {})
         shortcuts = {k: v for k, v in {'max_epochs': max_epochs, 'seed': seed,
@@ -386,6 +389,9 @@ class SpeechSeparationTrainer(BaseTrainer):
 
         cfg = self.train_cfg
         self._seed()
+        if self._redraw_initial_weights:  # so that the same seed gives the same run
+            self.model.separator = build_separator(self.model.config)
+            self._redraw_initial_weights = False
         run_opts = self._run_options()
         ddp_init_group(run_opts)
         train_set = self._dataset(self.train_dataset, 'train', train=True)
@@ -409,6 +415,9 @@ class SpeechSeparationTrainer(BaseTrainer):
                                hparams=hparams, run_opts=run_opts, checkpointer=checkpointer)
         loader = {'batch_size': cfg['batch_size'], 'num_workers': cfg['num_workers'],
                   'collate_fn': collate_separation}
+        # the loader's own generator: starting an epoch's iterator (also when resuming mid-epoch) must not
+        # draw from the global RNG that the checkpoints restore, or a resumed run would not repeat a plain one
+        loader_rng = torch.Generator().manual_seed(int(cfg['seed']))
         brain.fit(counter, train_set, valid_set, train_loader_kwargs=dict(loader, shuffle=True),
                   valid_loader_kwargs=dict(loader, batch_size=cfg['eval_batch_size']))
         self._brain = brain
