@@ -97,13 +97,16 @@ class MossFormerSeparation(TorchModel):
 
     def model_section(self) -> Dict[str, Any]:
         """The configuration.json `model` section for this model (released key names where they exist)."""
-        section: Dict[str, Any] = {'type': self.model_type}
-        for key, value in self.config.to_dict().items():
-            if key == 'family':
-                continue
-            section[_RELEASED_NAMES.get(key, key)] = value
-        section['stride'] = self.config.stride
-        section['out_channels'] = self.config.model_dim
+        return self.section_for(self.config, self.model_type)
+
+    @staticmethod
+    def section_for(config: MossFormerConfig, model_type: str) -> Dict[str, Any]:
+        """A `model` section for `config`: released key names where they exist, so ModelScope's classes read it."""
+        section: Dict[str, Any] = {'type': model_type}
+        for key, value in config.to_dict().items():
+            if key != 'family':
+                section[_RELEASED_NAMES.get(key, key)] = value
+        section['out_channels'] = config.model_dim
         return section
 
     def save_model_dir(self, directory: Union[str, os.PathLike],
