@@ -43,8 +43,17 @@ def load_preset(name: str) -> Dict[str, Any]:
 def write_model_dir(name: str, directory: Union[str, os.PathLike], model: Optional[Dict[str, Any]] = None,
                     train: Optional[Dict[str, Any]] = None) -> Path:
     """Write a preset (with optional `model` / `train` key overrides) as a model dir's configuration.json."""
+    from .models.configs import MossFormerConfig
+
     configuration = load_preset(name)
-    configuration['model'].update(model or {})
+    section = configuration['model']
+    for key, value in (model or {}).items():
+        # the presets use the released key names; an override may use either spelling
+        released = [alias for alias, field in MossFormerConfig._ALIASES.items() if field == key and alias in section]
+        for alias in released:
+            section[alias] = value
+        if not released:
+            section[key] = value
     configuration['train'].update(train or {})
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
