@@ -24,6 +24,7 @@ import logging
 import os
 import random
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Union
 
@@ -129,16 +130,20 @@ def _atomic_checkpointer_class():
                     raise RuntimeError(f"don't know how to save {type(obj)} ({key})")
                 hook(obj, path)
             ddp_barrier()
-            if not if_main_process():
-                return None
-            saved_meta = self._save_checkpoint_metafile(tmp / METAFNAME, meta, end_of_epoch)
-            for file in tmp.iterdir():
-                with open(file, 'rb') as handle:
-                    os.fsync(handle.fileno())
-            os.rename(tmp, final)
-            logger.log(verbosity, 'saved %s checkpoint %s', 'end-of-epoch' if end_of_epoch else 'intra-epoch',
-                       final)
-            return Checkpoint(final, saved_meta, {k: final / f'{k}.ckpt' for k in self.recoverables})
+            checkpoint = None
+            if if_main_process():
+                saved_meta = self._save_checkpoint_metafile(tmp / METAFNAME, meta, end_of_epoch)
+                for file in tmp.iterdir():
+                    with open(file, 'rb') as handle:
+                        os.fsync(handle.fileno())
+                os.rename(tmp, final)
+                logger.log(verbosity, 'saved %s checkpoint %s', 'end-of-epoch' if end_of_epoch else 'intra-epoch',
+                           final)
+                checkpoint = Checkpoint(final, saved_meta, {k: final / f'{k}.ckpt' for k in self.recoverables})
+            # every rank lists the checkpoints next (save_and_keep_only) and must see this one, or their
+            # deletion loops run different numbers of collectives and hang
+            ddp_barrier()
+            return checkpoint
 
     return AtomicCheckpointer
 
@@ -301,10 +306,11 @@ class SpeechSeparationTrainer(BaseTrainer):
         if kwargs:
             logger.info('ignoring trainer arguments %s', sorted(kwargs))
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        config_path = self.work_dir / 'configuration.json'
         if _is_main_process():
-            write_configuration(self.work_dir, configuration)
-        super().__init__(str(config_path))
+            super().__init__(str(write_configuration(self.work_dir, configuration)))
+        else:  # rank 0 may not have written work_dir/configuration.json yet
+            with tempfile.TemporaryDirectory() as private:
+                super().__init__(str(write_configuration(private, configuration)))
         self.configuration = configuration
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
@@ -418,7 +424,7 @@ class SpeechSeparationTrainer(BaseTrainer):
         # the loader's own generator: starting an epoch's iterator (also when resuming mid-epoch) must not
         # draw from the global RNG that the checkpoints restore, or a resumed run would not repeat a plain one
         loader_rng = torch.Generator().manual_seed(int(cfg['seed']))
-        brain.fit(counter, train_set, valid_set, train_loader_kwargs=dict(loader, shuffle=True),
+        brain.fit(counter, train_set, valid_set, train_loader_kwargs=dict(loader, shuffle=True, generator=loader_rng),
                   valid_loader_kwargs=dict(loader, batch_size=cfg['eval_batch_size']))
         self._brain = brain
         if self.best_model_dir.is_dir():
@@ -439,8 +445,13 @@ class SpeechSeparationTrainer(BaseTrainer):
         if best is None or record['valid_si_snr'] > best:
             self._export_best_model(record)
         line = ', '.join(f'{k}: {v:.6g}' for k, v in record.items())
-        with open(self.work_dir / 'train_log.txt', 'a') as handle:
-            handle.write(line + '\n')
+        # written before the epoch's checkpoint: an epoch run again after a kill that lost it replaces its line
+        path = self.work_dir / 'train_log.txt'
+        earlier = path.read_text().splitlines() if path.is_file() else []
+        kept = [old for old in earlier if int(old.split(',')[0].split(': ')[1]) < epoch]
+        tmp = path.with_name('.train_log.txt.tmp')
+        tmp.write_text(''.join(f'{text}\n' for text in kept + [line]))
+        os.replace(tmp, path)
         logger.info('epoch %d: %s', epoch, line)
         try:
             from torch.utils.tensorboard import SummaryWriter

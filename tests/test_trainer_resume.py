@@ -3,14 +3,20 @@
 Each run is a fresh interpreter (`TRAIN_SCRIPT`) that calls
 ``build_trainer(Trainers.speech_separation, ...)`` on a tiny local model and a
 tiny demo corpus.  The script records every optimizer step (epoch, step within
-the epoch, global optimizer step, batch ids) to a JSON-lines file, so the test can
-count the steps each process really took, including the ones a kill threw away.
+the epoch, global optimizer step, batch ids, loss) to a JSON-lines file, so the
+test can count the steps each process really took, including the ones a kill
+threw away.
 
-Where the kill lands is made deterministic instead of timed: the first run stops
-right after an optimizer step that is not yet checkpointed (a `--stall-at`
-epoch/step sleeps after the step and before SpeechBrain's intra-epoch save), and
-the test sends SIGKILL once it sees that step in the record and the previous
-step's intra-epoch checkpoint in ``save/``.
+Where the kill lands is made deterministic instead of timed: with ``stall_at`` the
+run sleeps right after an optimizer step, before SpeechBrain's intra-epoch save of
+that step, and the test sends SIGKILL once it sees that step in the record and the
+previous step's intra-epoch checkpoint in ``save/``.  With ``die_in_save_of_epoch``
+the run SIGKILLs itself inside an end-of-epoch save, after every file of the
+checkpoint is written and before its folder is renamed into place.
+
+Recovery restores weights, optimizer, epoch counter, data position and random
+states, so a resumed run repeats the uninterrupted one exactly (same batches,
+losses and final weights; one thread per run keeps CPU arithmetic deterministic).
 
 SpeechBrain checkpoint layout (1.x): ``save/CKPT+<date>+<time>+NN/`` with
 ``CKPT.yaml`` (``end-of-epoch: bool``, ``unixtime``, plus ``brain_intra_epoch_ckpt:
@@ -40,7 +46,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_MIXTURES = 3          # optimizer steps per epoch (batch_size 1)
 MAX_EPOCHS = 3
 KILL_EPOCH, KILL_STEP = 2, 2  # the step the first run dies in; the checkpoint before it is step 1
-START_TIMEOUT_S = 240.0
+WAIT_TIMEOUT_S = 240.0
 
 TINY_MODEL = {'type': 'speech_mossformer_separation_temporal_8k', 'enc_channels': 16, 'model_dim': 16,
               'num_blocks': 1, 'group_size': 16, 'query_key_dim': 16}
@@ -76,13 +82,9 @@ TRAIN_SCRIPT = textwrap.dedent('''
                 super().on_stage_start(stage, epoch)
 
             def fit_batch(self, batch):
-                import hashlib
-                rng = hashlib.md5(torch.get_rng_state().numpy().tobytes()).hexdigest()
-                w = hashlib.md5(b''.join(p.detach().numpy().tobytes() for p in self.modules.parameters())).hexdigest()
-                opt = hashlib.md5(repr(self.optimizer.state_dict()).encode()).hexdigest()
                 loss = super().fit_batch(batch)
                 record = {'pid': os.getpid(), 'epoch': self.record_epoch, 'step': self.step,
-                          'optimizer_step': self.optimizer_step, 'ids': list(batch['ids']), 'loss': float(loss), 'rng': rng, 'w': w, 'opt': opt, 'mixhash': hashlib.md5(batch['mix'].numpy().tobytes()).hexdigest()}
+                          'optimizer_step': self.optimizer_step, 'ids': list(batch['ids']), 'loss': float(loss)}
                 with open(steps_log, 'a') as handle:
                     handle.write(json.dumps(record) + '\\n')
                 if stall_at == (self.record_epoch, self.step):
@@ -121,7 +123,7 @@ TRAIN_SCRIPT = textwrap.dedent('''
 
 
 @pytest.fixture(scope='module')
-def setup(tmp_path_factory) -> Dict[str, Path]:
+def inputs(tmp_path_factory) -> Dict[str, Path]:
     """A tiny demo corpus, a model dir with a `train` section, and the training script."""
     from modelscope_mossformer.data.synth import DemoCorpusSpec, generate_demo_corpus
 
@@ -140,35 +142,59 @@ def setup(tmp_path_factory) -> Dict[str, Path]:
     return {'model': model_dir, 'train': corpus.csv['train'], 'eval': corpus.csv['validation'], 'script': script}
 
 
-def _command(setup: Dict[str, Path], work_dir: Path, max_epochs: int, train: Optional[Dict[str, Any]] = None,
-             stall_at: Optional[tuple] = None, die_in_save_of_epoch: Optional[int] = None) -> List[str]:
-    options = {'model_dir': str(setup['model']), 'train_csv': str(setup['train']), 'eval_csv': str(setup['eval']),
-               'work_dir': str(work_dir), 'steps_log': str(work_dir.parent / f'{work_dir.name}.steps.jsonl'),
-               'max_epochs': max_epochs, 'train': train or {}, 'stall_at': stall_at,
-               'die_in_save_of_epoch': die_in_save_of_epoch}
-    return [sys.executable, str(setup['script']), json.dumps(options)]
+class Run:
+    """One training process on `work_dir`; its output goes to files next to it."""
+
+    def __init__(self, inputs: Dict[str, Path], work_dir: Path, max_epochs: int,
+                 train: Optional[Dict[str, Any]] = None, stall_at: Optional[tuple] = None,
+                 die_in_save_of_epoch: Optional[int] = None) -> None:
+        options = {'model_dir': str(inputs['model']), 'train_csv': str(inputs['train']),
+                   'eval_csv': str(inputs['eval']), 'work_dir': str(work_dir),
+                   'steps_log': str(work_dir.parent / f'{work_dir.name}.steps.jsonl'), 'max_epochs': max_epochs,
+                   'train': train or {}, 'stall_at': stall_at, 'die_in_save_of_epoch': die_in_save_of_epoch}
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get('PYTHONPATH', '')]),
+                   OMP_NUM_THREADS='1')
+        self.stdout_path = work_dir.parent / f'{work_dir.name}.{time.monotonic_ns()}.out'
+        self.stderr_path = self.stdout_path.with_suffix('.err')
+        with open(self.stdout_path, 'w') as stdout, open(self.stderr_path, 'w') as stderr:
+            self.process = subprocess.Popen([sys.executable, str(inputs['script']), json.dumps(options)],
+                                            env=env, stdout=stdout, stderr=stderr)
+
+    def stderr_tail(self) -> str:
+        return self.stderr_path.read_text()[-4000:]
+
+    def wait(self, timeout: float = 300.0) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def finish(self, timeout: float = 300.0) -> List[int]:
+        """Wait for a successful end; the epochs this process trained."""
+        returncode = self.wait(timeout)
+        assert returncode == 0, f'training failed (rc {returncode}):\n{self.stderr_tail()}'
+        trained = [line for line in self.stdout_path.read_text().splitlines() if line.startswith('TRAINED ')]
+        assert trained, self.stdout_path.read_text()
+        return json.loads(trained[-1][len('TRAINED '):])
 
 
-def _environment() -> Dict[str, str]:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get('PYTHONPATH', '')]),
-                OMP_NUM_THREADS='1')
+@pytest.fixture
+def launch(inputs):
+    """Starts `Run`s; kills the ones still running when the test ends."""
+    runs: List[Run] = []
 
+    def start(work_dir: Path, max_epochs: int, **options: Any) -> Run:
+        runs.append(Run(inputs, work_dir, max_epochs, **options))
+        return runs[-1]
 
-def _start(setup: Dict[str, Path], work_dir: Path, max_epochs: int, **options: Any) -> subprocess.Popen:
-    return subprocess.Popen(_command(setup, work_dir, max_epochs, **options), env=_environment(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def _finish(process: subprocess.Popen, timeout: float = 300.0) -> str:
-    stdout, stderr = process.communicate(timeout=timeout)
-    assert process.returncode == 0, f'training failed (rc {process.returncode}):\n{stderr[-4000:]}'
-    assert 'TRAINED' in stdout, stdout
-    return stdout
+    yield start
+    for run in runs:
+        if run.process.poll() is None:
+            run.process.kill()
+            run.process.wait()
 
 
 def _steps(work_dir: Path) -> List[Dict[str, Any]]:
+    """The recorded optimizer steps of every run on `work_dir` (complete lines only: a run may be writing)."""
     path = work_dir.parent / f'{work_dir.name}.steps.jsonl'
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return [json.loads(line) for line in path.read_text().split('\n')[:-1]] if path.is_file() else []
 
 
 def _checkpoints(work_dir: Path) -> List[Dict[str, Any]]:
@@ -190,17 +216,14 @@ def _logged_epochs(work_dir: Path) -> List[int]:
     return [int(line.split(',')[0].removeprefix('epoch: ')) for line in lines]
 
 
-def _wait_for(condition, process: subprocess.Popen, what: str, timeout: float = START_TIMEOUT_S):
+def _wait_for(condition, run: Run, what: str, timeout: float = WAIT_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if process.poll() is not None:
-            raise AssertionError(f'training ended (rc {process.returncode}) before {what}:\n'
-                                 f'{process.stderr.read()[-4000:]}')
+        if condition():
+            return
+        if run.process.poll() is not None:
+            raise AssertionError(f'training ended (rc {run.process.returncode}) before {what}:\n{run.stderr_tail()}')
         time.sleep(0.05)
-    process.kill()
     raise AssertionError(f'timed out waiting for {what}')
 
 
@@ -213,21 +236,22 @@ def _separator_state(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------
 
 
-def test_sigkill_mid_epoch_resumes_from_latest_checkpoint(setup, tmp_path):
+def test_sigkill_mid_epoch_resumes_from_latest_checkpoint(launch, tmp_path):
     reference_dir, work_dir = tmp_path / 'uninterrupted', tmp_path / 'interrupted'
-    reference = _start(setup, reference_dir, MAX_EPOCHS)
-    first = _start(setup, work_dir, MAX_EPOCHS, stall_at=(KILL_EPOCH, KILL_STEP))
-    try:
-        # the first run took step 2 of epoch 2 (not checkpointed) and has an intra-epoch checkpoint after step 1
-        _wait_for(lambda: any(s['epoch'] == KILL_EPOCH and s['step'] == KILL_STEP for s in _steps(work_dir)),
-                  first, f'step {KILL_STEP} of epoch {KILL_EPOCH}')
-        latest = _checkpoints(work_dir)[-1]
-        first.send_signal(signal.SIGKILL)
-        first.communicate(timeout=30)
-    finally:
-        if first.poll() is None:
-            first.kill()
-    assert first.returncode == -signal.SIGKILL
+    reference = launch(reference_dir, MAX_EPOCHS)
+    first = launch(work_dir, MAX_EPOCHS, stall_at=(KILL_EPOCH, KILL_STEP))
+
+    def stalled_mid_epoch() -> bool:
+        """Step 2 of epoch 2 taken (not checkpointed) and an intra-epoch checkpoint of epoch 2 in save/."""
+        checkpoints = _checkpoints(work_dir)
+        return (any((s['epoch'], s['step']) == (KILL_EPOCH, KILL_STEP) for s in _steps(work_dir))
+                and bool(checkpoints) and checkpoints[-1]['counter'] == KILL_EPOCH
+                and not checkpoints[-1]['meta']['end-of-epoch'])
+
+    _wait_for(stalled_mid_epoch, first, f'step {KILL_STEP} of epoch {KILL_EPOCH}')
+    latest = _checkpoints(work_dir)[-1]
+    first.process.send_signal(signal.SIGKILL)
+    assert first.wait(timeout=30) == -signal.SIGKILL
 
     # what the kill left: the intra-epoch checkpoint after step 1 of epoch 2 is the latest one
     assert latest['meta']['end-of-epoch'] is False and latest['meta']['brain_intra_epoch_ckpt'] is True
@@ -239,9 +263,8 @@ def test_sigkill_mid_epoch_resumes_from_latest_checkpoint(setup, tmp_path):
     killed_run_steps = _steps(work_dir)
 
     # same command again, without the stall: resumes and finishes
-    second = _start(setup, work_dir, MAX_EPOCHS)
-    assert _finish(second).strip().endswith('TRAINED ' + json.dumps([2, 3]))
-    _finish(reference)
+    assert launch(work_dir, MAX_EPOCHS).finish() == [2, 3]
+    assert reference.finish() == [1, 2, 3]
 
     # epochs: each logged exactly once, like the uninterrupted run
     assert _logged_epochs(work_dir) == [1, 2, 3] == _logged_epochs(reference_dir)
@@ -259,9 +282,9 @@ def test_sigkill_mid_epoch_resumes_from_latest_checkpoint(setup, tmp_path):
     lost = [s for s in killed_run_steps if s['epoch'] == KILL_EPOCH and s['step'] > latest['brain']['step']]
     reference_epoch = [s for s in _steps(reference_dir) if s['epoch'] == KILL_EPOCH]
     assert [s['step'] for s in kept] == list(range(1, TRAIN_MIXTURES + 1))
-    assert [(s['ids'], s['optimizer_step']) for s in kept] == [(s['ids'], s['optimizer_step'])
-                                                                for s in reference_epoch]
-    assert [s['step'] for s in lost] == [KILL_STEP]
+    assert [(s['ids'], s['optimizer_step'], s['loss']) for s in kept] == [
+        (s['ids'], s['optimizer_step'], s['loss']) for s in reference_epoch]
+    assert [(s['step'], s['loss']) for s in lost] == [(KILL_STEP, kept[KILL_STEP - 1]['loss'])]
     assert [s['epoch'] for s in resumed_run_steps] == [2] * (TRAIN_MIXTURES - KILL_STEP + 1) + [3] * TRAIN_MIXTURES
 
     # best_model/ is a loadable model dir
@@ -276,14 +299,12 @@ def test_sigkill_mid_epoch_resumes_from_latest_checkpoint(setup, tmp_path):
         torch.testing.assert_close(resumed_state[key], reference_state[key], rtol=0, atol=0, msg=key)
 
 
-def test_sigkill_during_checkpoint_save_keeps_previous_checkpoint(setup, tmp_path):
+def test_sigkill_during_checkpoint_save_keeps_previous_checkpoint(launch, tmp_path):
     work_dir = tmp_path / 'work'
     no_intra_epoch = {'ckpt_interval_steps': 0}  # only end-of-epoch checkpoints
     # first run: dies by SIGKILL inside the end-of-epoch save of epoch 2, after all files and CKPT.yaml
     # are written to the hidden folder and before it is renamed
-    first = _start(setup, work_dir, 2, train=no_intra_epoch, die_in_save_of_epoch=2)
-    first.communicate(timeout=300)
-    assert first.returncode == -signal.SIGKILL
+    assert launch(work_dir, 2, train=no_intra_epoch, die_in_save_of_epoch=2).wait() == -signal.SIGKILL
     partials = list((work_dir / 'save').glob('.partial-CKPT+*'))
     assert len(partials) == 1 and (partials[0] / 'CKPT.yaml').is_file()
     assert yaml.safe_load((partials[0] / 'CKPT.yaml').read_text())['epoch'] == 2
@@ -295,9 +316,9 @@ def test_sigkill_during_checkpoint_save_keeps_previous_checkpoint(setup, tmp_pat
     (junk / 'counter.ckpt').write_text('9')
     complete = _checkpoints(work_dir)
     assert [(c['counter'], c['meta']['end-of-epoch']) for c in complete] == [(1, True)]
+    log_of_killed_run = (work_dir / 'train_log.txt').read_text()  # epoch 2 is logged before its checkpoint
 
-    second = _start(setup, work_dir, 2, train=no_intra_epoch)
-    assert _finish(second).strip().endswith('TRAINED ' + json.dumps([2]))
+    assert launch(work_dir, 2, train=no_intra_epoch).finish() == [2]
     assert not list((work_dir / 'save').glob('.partial-*'))
     assert 'removing incomplete checkpoint' in (work_dir / 'log.txt').read_text()
     final = _checkpoints(work_dir)[-1]
@@ -305,6 +326,7 @@ def test_sigkill_during_checkpoint_save_keeps_previous_checkpoint(setup, tmp_pat
     # epoch 2 ran twice (its checkpoint was lost) but is logged once
     assert [s['epoch'] for s in _steps(work_dir)] == [1] * TRAIN_MIXTURES + [2] * TRAIN_MIXTURES * 2
     assert _logged_epochs(work_dir) == [1, 2]
+    assert (work_dir / 'train_log.txt').read_text() == log_of_killed_run  # the replay repeats the lost epoch
 
     from modelscope.models import Model
 
