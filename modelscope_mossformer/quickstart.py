@@ -7,7 +7,7 @@
 5. separates a held-out mixture with `pipeline(Tasks.speech_separation, ...)` into wav files;
 6. plots the training curves and a spectrogram figure (mixture, references, estimates) as PNG.
 
-    python -m modelscope_mossformer.quickstart --out demo_out [--epochs 8] [--train-mixtures 120]
+    python -m modelscope_mossformer.quickstart --out demo_out [--epochs 12] [--train-mixtures 120]
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ logger = logging.getLogger(__name__)
 
 DEMO_MODEL = {'type': 'speech_mossformer_separation_temporal_8k', 'enc_channels': 64, 'model_dim': 64,
               'num_blocks': 2, 'group_size': 64, 'query_key_dim': 32, 'enc_kernel_size': 16}
-DEMO_TRAIN = {'lr': 1e-3, 'segment_seconds': 2.0, 'batch_size': 4, 'num_workers': 0,
-              'lr_scheduler': {'dont_halve_until_epoch': 4}, 'seed': 0}
+DEMO_TRAIN = {'lr': 3e-3, 'segment_seconds': 1.0, 'batch_size': 4, 'num_workers': 0,
+              'lr_scheduler': {'dont_halve_until_epoch': 6}, 'seed': 1234}
 
 
 def _trainer(model: Any, train_csv: Optional[Path], eval_csv: Path, work_dir: Path, epochs: int,
@@ -81,7 +81,7 @@ def plot_spectrograms(mix: np.ndarray, references: np.ndarray, estimates: np.nda
     return path
 
 
-def run(out: Path, epochs: int = 8, train_mixtures: int = 120, progress: bool = True) -> Dict[str, Any]:
+def run(out: Path, epochs: int = 12, train_mixtures: int = 120, progress: bool = True) -> Dict[str, Any]:
     """Run the demo; returns the figures and where everything is."""
     from modelscope.pipelines import pipeline
 
@@ -93,7 +93,7 @@ def run(out: Path, epochs: int = 8, train_mixtures: int = 120, progress: bool = 
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     corpus = generate_demo_corpus(out / 'corpus', DemoCorpusSpec(
-        train_mixtures=train_mixtures, validation_mixtures=10, test_mixtures=10, min_seconds=2.0, max_seconds=3.0),
+        train_mixtures=train_mixtures, validation_mixtures=10, test_mixtures=10, min_seconds=1.5, max_seconds=2.5),
         progress=progress)
     model_dir = out / 'model'
     model_dir.mkdir(exist_ok=True)
@@ -141,7 +141,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m modelscope_mossformer.quickstart', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', type=Path, default=Path('demo_out'), help='output folder (default demo_out)')
-    parser.add_argument('--epochs', type=int, default=8, help='training epochs (default 8)')
+    parser.add_argument('--epochs', type=int, default=12, help='training epochs (default 12)')
     parser.add_argument('--train-mixtures', type=int, default=120, help='training mixtures (default 120)')
     parser.add_argument('--no-progress', action='store_true', help='hide progress bars')
     args = parser.parse_args(argv)
