@@ -2,7 +2,8 @@
 
 A socket guard is installed in a fresh interpreter before anything else is
 imported: `socket.socket.connect`, `socket.socket.connect_ex`,
-`socket.create_connection` and `socket.getaddrinfo` record the attempt and raise.
+`socket.create_connection` and `socket.getaddrinfo` record the attempt and raise
+(`subprocess_utils.NETWORK_GUARD`).
 ModelScope swallows some hub errors (its trusted-source check catches every
 exception), so the scripts report every recorded attempt, not only the ones that
 surface as errors.
@@ -18,18 +19,12 @@ Findings (ModelScope 1.40.2):
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Dict
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TASK = 'speech-separation'
-RESULT_PREFIX = 'RESULT '
+from .subprocess_utils import NETWORK_GUARD, RESULT_PREFIX, TASK, run_python, write_model_dir
 
 TINY = {
     'speech_mossformer_separation_temporal_8k': {
@@ -43,37 +38,7 @@ TINY = {
 }
 
 # Installed first in every script: records each attempt, then raises.
-GUARD = textwrap.dedent(f'''
-    import socket
-
-    RESULT_PREFIX = {RESULT_PREFIX!r}
-    TASK = {TASK!r}
-
-    NETWORK_ATTEMPTS = []
-
-    def _network_guard(name):
-        def blocked(*args, **kwargs):
-            NETWORK_ATTEMPTS.append(f'{{name}}{{args!r}}'[:200])
-            raise RuntimeError(f'network access attempted: {{name}}{{args!r}}')
-        return blocked
-
-    socket.socket.connect = _network_guard('socket.connect')
-    socket.socket.connect_ex = _network_guard('socket.connect_ex')
-    socket.create_connection = _network_guard('socket.create_connection')
-    socket.getaddrinfo = _network_guard('socket.getaddrinfo')
-
-    def guard_still_installed():
-        """Try one connection ourselves; True when the guard stops it."""
-        before = len(NETWORK_ATTEMPTS)
-        try:
-            socket.create_connection(('127.0.0.1', 9), timeout=1)
-        except RuntimeError as err:
-            installed = str(err).startswith('network access attempted')
-        else:
-            installed = False
-        del NETWORK_ATTEMPTS[before:]
-        return installed
-''')
+GUARD = NETWORK_GUARD + f'\nRESULT_PREFIX = {RESULT_PREFIX!r}\nTASK = {TASK!r}\n'
 
 # argv = [json {model type: model dir}, scratch dir]
 ROUND_TRIP = GUARD + textwrap.dedent('''
@@ -131,32 +96,12 @@ RELATIVE = GUARD + textwrap.dedent('''
 ''')
 
 
-def subprocess_env() -> Dict[str, str]:
-    env = dict(os.environ)
-    env['PYTHONPATH'] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get('PYTHONPATH')) if p)
-    return env
-
-
-def run_python(script: str, *args: str, cwd: Path) -> Dict[str, Any]:
-    """Run `script` in a fresh interpreter; assert exit code 0; return the JSON it printed."""
-    proc = subprocess.run([sys.executable, '-c', script, *args], cwd=cwd, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f'exit code {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}'
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    assert len(lines) == 1, f'no result line\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}'
-    return json.loads(lines[0][len(RESULT_PREFIX):])
-
-
-def write_model_dir(directory: Path, model_type: str) -> Path:
-    directory.mkdir(parents=True)
-    configuration = {'framework': 'pytorch', 'task': TASK, 'model': {'type': model_type, **TINY[model_type]},
-                     'pipeline': {'type': model_type}}
-    (directory / 'configuration.json').write_text(json.dumps(configuration, indent=4))
-    return directory
+def tiny_model_dir(directory: Path, model_type: str) -> Path:
+    return write_model_dir(directory, {'type': model_type, **TINY[model_type]}, pipeline={'type': model_type})
 
 
 def test_local_round_trip_makes_no_network_access(tmp_path: Path) -> None:
-    model_dirs = {name: str(write_model_dir(tmp_path / 'in' / name, name)) for name in TINY}
+    model_dirs = {name: str(tiny_model_dir(tmp_path / 'in' / name, name)) for name in TINY}
     result = run_python(ROUND_TRIP, json.dumps(model_dirs), str(tmp_path / 'saved'), cwd=tmp_path)
 
     assert result['guard'], 'the socket guard was not in place at the end of the script'
@@ -175,7 +120,7 @@ def test_local_round_trip_makes_no_network_access(tmp_path: Path) -> None:
 def saved_relative_model(tmp_path_factory) -> Path:
     """<dir>/models/tiny: a tiny MossFormer model dir with weights (written offline in a subprocess)."""
     tmp_path = tmp_path_factory.mktemp('relative')
-    source = write_model_dir(tmp_path / 'source', 'speech_mossformer_separation_temporal_8k')
+    source = tiny_model_dir(tmp_path / 'source', 'speech_mossformer_separation_temporal_8k')
     run_python(ROUND_TRIP, json.dumps({'speech_mossformer_separation_temporal_8k': str(source)}),
                str(tmp_path / 'saved'), cwd=tmp_path)
     (tmp_path / 'models').mkdir()

@@ -9,17 +9,13 @@ interpreter.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Dict
+from typing import Dict
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TASK = 'speech-separation'
+from .subprocess_utils import RESULT_PREFIX, TASK, run_python, write_model_dir
 
 BUILTIN_MODULES = (
     'modelscope.models.audio.separation.mossformer',
@@ -44,8 +40,6 @@ MODEL_TYPES = {
     'speech_mossformer_separation_temporal_16k': TINY_MOSSFORMER,
     'speech_mossformer2_separation_temporal_16k': TINY_MOSSFORMER2,
 }
-
-RESULT_PREFIX = 'RESULT '
 
 # Runs in a fresh interpreter: argv = [order, json {model type: model dir}].
 SCRIPT = textwrap.dedent('''
@@ -83,34 +77,11 @@ SCRIPT = textwrap.dedent('''
 ''').format(builtins=BUILTIN_MODULES, task=TASK, prefix=RESULT_PREFIX)
 
 
-def subprocess_env() -> Dict[str, str]:
-    env = dict(os.environ)
-    env['PYTHONPATH'] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get('PYTHONPATH')) if p)
-    return env
-
-
-def run_python(script: str, *args: str, cwd: Path) -> Dict[str, Any]:
-    """Run `script` in a fresh interpreter; return the JSON it printed after RESULT_PREFIX."""
-    proc = subprocess.run([sys.executable, '-c', script, *args], cwd=cwd, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f'exit code {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}'
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    assert len(lines) == 1, f'no result line\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}'
-    return json.loads(lines[0][len(RESULT_PREFIX):])
-
-
-def write_model_dir(directory: Path, model_type: str, model_section: Dict[str, Any]) -> Path:
-    directory.mkdir(parents=True)
-    configuration = {'framework': 'pytorch', 'task': TASK, 'model': {'type': model_type, **model_section},
-                     'pipeline': {'type': model_type}}
-    (directory / 'configuration.json').write_text(json.dumps(configuration, indent=4))
-    return directory
-
-
 @pytest.fixture(scope='module')
 def model_dirs(tmp_path_factory) -> Dict[str, str]:
     root = tmp_path_factory.mktemp('registration')
-    return {name: str(write_model_dir(root / name, name, section)) for name, section in MODEL_TYPES.items()}
+    return {name: str(write_model_dir(root / name, {'type': name, **section}, pipeline={'type': name}))
+            for name, section in MODEL_TYPES.items()}
 
 
 @pytest.mark.parametrize('order', ['before', 'never', 'after'])

@@ -8,7 +8,6 @@ world size, its optimizer steps and a checksum of its final weights) outside
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -19,7 +18,8 @@ import pytest
 import torch
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from .subprocess_utils import demo_corpus, subprocess_env, write_model_dir
+
 WORLD_SIZE = 2
 TRAIN_MIXTURES = 4
 MAX_EPOCHS = 2
@@ -59,24 +59,15 @@ TRAIN_SCRIPT = textwrap.dedent('''
 @pytest.fixture(scope='module')
 def ddp_run(tmp_path_factory) -> Dict[str, Any]:
     """One two-process run of `MAX_EPOCHS` epochs; its work_dir and the ranks' reports."""
-    from modelscope_mossformer.data.synth import DemoCorpusSpec, generate_demo_corpus
-
     root = tmp_path_factory.mktemp('ddp')
-    corpus = generate_demo_corpus(root / 'corpus', DemoCorpusSpec(
-        train_mixtures=TRAIN_MIXTURES, validation_mixtures=1, test_mixtures=1, min_seconds=1.0, max_seconds=1.0,
-        num_voices=6, validation_voices=2, test_voices=2))
-    model_dir = root / 'model'
-    model_dir.mkdir()
-    (model_dir / 'configuration.json').write_text(json.dumps({
-        'framework': 'pytorch', 'task': 'speech-separation', 'model': TINY_MODEL,
-        'train': {'segment_seconds': 0.5, 'batch_size': 1, 'lr': 1e-3, 'progressbar': False,
-                  'ckpt_interval_steps': 1}}))
+    corpus = demo_corpus(root / 'corpus', TRAIN_MIXTURES)
+    model_dir = write_model_dir(root / 'model', TINY_MODEL, train={
+        'segment_seconds': 0.5, 'batch_size': 1, 'lr': 1e-3, 'progressbar': False, 'ckpt_interval_steps': 1})
     script = root / 'train.py'
     script.write_text(TRAIN_SCRIPT)
     work_dir, reports_dir = root / 'work', root / 'reports'
     reports_dir.mkdir()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get('PYTHONPATH', '')]),
-               OMP_NUM_THREADS='1')
+    env = subprocess_env(OMP_NUM_THREADS='1')
     env.pop('RANK', None)
     completed = subprocess.run(
         [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={WORLD_SIZE}',

@@ -1,7 +1,7 @@
 """The trainer works with the network cut off, and fails fast on a hub id it cannot reach.
 
 The training run happens in a fresh interpreter whose first lines install a socket
-guard: `socket.socket.connect`, `socket.socket.connect_ex`,
+guard (`subprocess_utils.NETWORK_GUARD`): `socket.socket.connect`, `socket.socket.connect_ex`,
 `socket.create_connection` and `socket.getaddrinfo` record the attempt and raise
 a `ConnectionRefusedError` (what an unplugged machine gives, so that code which
 copes with a dead network copes here too; every attempt is recorded even when the
@@ -19,19 +19,14 @@ package resolves) through `build_trainer`.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
-import subprocess
-import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULT_PREFIX = 'RESULT '
+from .subprocess_utils import NETWORK_GUARD, RESULT_PREFIX, demo_corpus, run_python, write_model_dir
+
 BUILD_SECONDS = 5.0  # build_trainer on a local model dir, imports excluded
 
 TINY_MODEL = {'type': 'speech_mossformer2_separation_temporal_8k', 'enc_channels': 16, 'model_dim': 16,
@@ -39,28 +34,7 @@ TINY_MODEL = {'type': 'speech_mossformer2_separation_temporal_8k', 'enc_channels
               'fsmn_memory_order': 4}
 
 # argv: model_dir train_csv eval_csv test_csv work_dir
-OFFLINE_SCRIPT = textwrap.dedent(f'''
-    import socket
-
-    NETWORK_ATTEMPTS = []
-
-
-    class NetworkBlocked(ConnectionRefusedError):
-        pass
-
-
-    def _network_guard(name):
-        def blocked(*args, **kwargs):
-            NETWORK_ATTEMPTS.append(f'{{name}}{{args!r}}'[:300])
-            raise NetworkBlocked(f'network access attempted: {{name}}{{args!r}}')
-        return blocked
-
-
-    socket.socket.connect = _network_guard('socket.connect')
-    socket.socket.connect_ex = _network_guard('socket.connect_ex')
-    socket.create_connection = _network_guard('socket.create_connection')
-    socket.getaddrinfo = _network_guard('socket.getaddrinfo')
-
+OFFLINE_SCRIPT = NETWORK_GUARD + textwrap.dedent(f'''
     import json, sys, time
 
     import modelscope_mossformer  # noqa: F401 - registers the trainer
@@ -78,41 +52,23 @@ OFFLINE_SCRIPT = textwrap.dedent(f'''
     scores = trainer.evaluate()
 
     attempts = list(NETWORK_ATTEMPTS)
-    try:
-        socket.create_connection(('127.0.0.1', 9), timeout=1)
-        guard_active = False
-    except NetworkBlocked:
-        guard_active = NETWORK_ATTEMPTS[len(attempts):] != []
     print({RESULT_PREFIX!r} + json.dumps({{
         'build_seconds': build_seconds, 'attempts_after_build': after_build, 'attempts': attempts,
-        'guard_active': guard_active, 'epochs': [record['epoch'] for record in history],
+        'guard_active': guard_still_installed(), 'epochs': [record['epoch'] for record in history],
         'scores': sorted(scores)}}))
 ''')
 
 
 @pytest.fixture(scope='module')
 def corpus(tmp_path_factory):
-    from modelscope_mossformer.data.synth import DemoCorpusSpec, generate_demo_corpus
-
-    return generate_demo_corpus(tmp_path_factory.mktemp('offline') / 'corpus', DemoCorpusSpec(
-        train_mixtures=2, validation_mixtures=1, test_mixtures=1, min_seconds=1.0, max_seconds=1.0,
-        num_voices=6, validation_voices=2, test_voices=2))
+    return demo_corpus(tmp_path_factory.mktemp('offline') / 'corpus', train_mixtures=2)
 
 
 def test_build_train_and_evaluate_make_no_network_attempt(corpus, tmp_path):
-    model_dir = tmp_path / 'model'
-    model_dir.mkdir()
-    (model_dir / 'configuration.json').write_text(json.dumps({
-        'framework': 'pytorch', 'task': 'speech-separation', 'model': TINY_MODEL,
-        'train': {'segment_seconds': 0.5, 'batch_size': 1, 'progressbar': False}}))
-    script = tmp_path / 'offline_train.py'
-    script.write_text(OFFLINE_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get('PYTHONPATH', '')]))
-    completed = subprocess.run(
-        [sys.executable, str(script), str(model_dir), str(corpus.csv['train']), str(corpus.csv['validation']),
-         str(corpus.csv['test']), str(tmp_path / 'work')], env=env, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    result = json.loads(completed.stdout.split(RESULT_PREFIX)[-1])
+    model_dir = write_model_dir(tmp_path / 'model', TINY_MODEL,
+                                train={'segment_seconds': 0.5, 'batch_size': 1, 'progressbar': False})
+    result = run_python(OFFLINE_SCRIPT, str(model_dir), str(corpus.csv['train']), str(corpus.csv['validation']),
+                        str(corpus.csv['test']), str(tmp_path / 'work'), cwd=tmp_path)
 
     assert result['guard_active']
     assert result['attempts_after_build'] == [] and result['attempts'] == []
@@ -161,10 +117,7 @@ def test_unreachable_hub_dataset_fails_fast(unreachable_hub, package_log_handler
 
     from modelscope_mossformer.data.sources import HubUnavailableError
 
-    model_dir = tmp_path / 'model'
-    model_dir.mkdir()
-    (model_dir / 'configuration.json').write_text(json.dumps({
-        'framework': 'pytorch', 'task': 'speech-separation', 'model': TINY_MODEL}))
+    model_dir = write_model_dir(tmp_path / 'model', TINY_MODEL)
     trainer = build_trainer(Trainers.speech_separation, default_args=dict(
         model=str(model_dir), train_dataset='no-such-owner/no_such_dataset',
         eval_dataset='no-such-owner/no_such_dataset', work_dir=str(tmp_path / 'work'), max_epochs=1))

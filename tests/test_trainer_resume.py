@@ -29,7 +29,6 @@ and ``rng.ckpt``.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -42,7 +41,8 @@ import pytest
 import torch
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from .subprocess_utils import demo_corpus, subprocess_env, write_model_dir
+
 TRAIN_MIXTURES = 3          # optimizer steps per epoch (batch_size 1)
 MAX_EPOCHS = 3
 KILL_EPOCH, KILL_STEP = 2, 2  # the step the first run dies in; the checkpoint before it is step 1
@@ -125,18 +125,10 @@ TRAIN_SCRIPT = textwrap.dedent('''
 @pytest.fixture(scope='module')
 def inputs(tmp_path_factory) -> Dict[str, Path]:
     """A tiny demo corpus, a model dir with a `train` section, and the training script."""
-    from modelscope_mossformer.data.synth import DemoCorpusSpec, generate_demo_corpus
-
     root = tmp_path_factory.mktemp('resume')
-    corpus = generate_demo_corpus(root / 'corpus', DemoCorpusSpec(
-        train_mixtures=TRAIN_MIXTURES, validation_mixtures=1, test_mixtures=1, min_seconds=1.0, max_seconds=1.0,
-        num_voices=6, validation_voices=2, test_voices=2))
-    model_dir = root / 'model'
-    model_dir.mkdir()
-    (model_dir / 'configuration.json').write_text(json.dumps({
-        'framework': 'pytorch', 'task': 'speech-separation', 'model': TINY_MODEL,
-        'train': {'segment_seconds': 0.5, 'batch_size': 1, 'lr': 1e-3, 'ckpt_interval_steps': 1,
-                  'progressbar': False}}))
+    corpus = demo_corpus(root / 'corpus', TRAIN_MIXTURES)
+    model_dir = write_model_dir(root / 'model', TINY_MODEL, train={
+        'segment_seconds': 0.5, 'batch_size': 1, 'lr': 1e-3, 'ckpt_interval_steps': 1, 'progressbar': False})
     script = root / 'train.py'
     script.write_text(TRAIN_SCRIPT)
     return {'model': model_dir, 'train': corpus.csv['train'], 'eval': corpus.csv['validation'], 'script': script}
@@ -152,8 +144,7 @@ class Run:
                    'eval_csv': str(inputs['eval']), 'work_dir': str(work_dir),
                    'steps_log': str(work_dir.parent / f'{work_dir.name}.steps.jsonl'), 'max_epochs': max_epochs,
                    'train': train or {}, 'stall_at': stall_at, 'die_in_save_of_epoch': die_in_save_of_epoch}
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get('PYTHONPATH', '')]),
-                   OMP_NUM_THREADS='1')
+        env = subprocess_env(OMP_NUM_THREADS='1')
         self.stdout_path = work_dir.parent / f'{work_dir.name}.{time.monotonic_ns()}.out'
         self.stderr_path = self.stdout_path.with_suffix('.err')
         with open(self.stdout_path, 'w') as stdout, open(self.stderr_path, 'w') as stderr:
