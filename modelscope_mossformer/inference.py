@@ -124,6 +124,9 @@ class SeparationEngine:
         self.separator = separator
         self.sample_rate = sample_rate
         self.device = torch.device(device)
+        if precision == 'fp16' and self.device.type == 'cpu':
+            raise ValueError("precision 'fp16' needs CUDA: PyTorch's float16 autocast on the CPU takes minutes "
+                             "for a second of audio; use 'bf16' or 'fp32' on the CPU")
         self.precision = precision
         self.plan = (ChunkPlan(int(chunk_seconds * sample_rate), int(overlap_seconds * sample_rate))
                      if chunk_seconds is not None else None)

@@ -1,0 +1,6 @@
+"""`python -m modelscope_mossformer ...` runs the `mossformer` command."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

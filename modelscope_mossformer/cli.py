@@ -1,0 +1,452 @@
+"""The ``mossformer`` command: separate, evaluate and train from a shell.
+
+    mossformer separate  INPUT... --model DIR --out DIR
+    mossformer evaluate  --model DIR --data LIST_OR_LIBRIMIX --out DIR
+    mossformer train     --config MODEL_DIR_OR_JSON --train DATA --valid DATA --work-dir DIR
+
+Every subcommand wraps the library: the registered ModelScope pipeline and
+`batch.separate_many` for separation and evaluation, `build_trainer` for
+training.  Exit status: 0 when everything worked, 1 when some files failed (or
+training failed), 2 for a usage error (bad arguments, a missing model, an
+unreadable list, an unavailable device).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+CONFIGS_DIR = Path(__file__).resolve().parent / 'configs'
+PRECISION_CHOICES = ('fp32', 'bf16', 'fp16')
+
+MAIN_EPILOG = """\
+examples:
+  mossformer separate meeting.wav --model ./mossformer2_8k --out separated/
+  mossformer evaluate --model ./mossformer2_8k --data test.csv --out eval/
+  mossformer train --config ./my_model --train train.csv --valid dev.csv --work-dir runs/exp1
+
+A model directory holds configuration.json and weights (a released ModelScope model,
+or best_model/ of a training run).  Run 'mossformer COMMAND --help' for details.
+"""
+
+SEPARATE_EPILOG = """\
+inputs:
+  audio files (wav, flac, ogg, ...), folders (every audio file below them),
+  CSV lists (mix_wav[,s1_wav,s2_wav...]) or scp lists ("mix [s1 s2 ...]" per line).
+  Any sample rate and channel count: channels are averaged, audio is resampled
+  to the model's rate and the outputs back to the input's.
+
+outputs:
+  OUT/<name>_s1.wav, <name>_s2.wav, ... per input (folders keep their subfolders),
+  OUT/report.csv (one row per file) and OUT/summary.json.  When a list names the
+  reference sources, report.csv also holds SI-SNR, SI-SNRi, SDR and SDRi.
+  Levels follow the mixture (one gain per file, peaks kept below 0.999).
+
+long recordings:
+  are separated in chunks of --chunk-seconds that overlap by --overlap-seconds;
+  speakers keep their output file across chunks.  Memory depends on the chunk
+  length only, so hour-long files work on a laptop.  --chunk-seconds 0 separates
+  each file at once (needs memory in proportion to its length).
+
+a bad file (missing, unreadable, empty, NaN samples) is reported and skipped;
+the exit status is then 1.
+
+examples:
+  mossformer separate call.wav --model models/mossformer2_8k --out out/
+  mossformer separate recordings/ --model models/mossformer2_8k --out out/ --device cuda --precision bf16
+  mossformer separate lecture.flac --model models/mossformer_8k --out out/ --chunk-seconds 16 --overlap-seconds 2
+"""
+
+EVALUATE_EPILOG = """\
+data:
+  a CSV (mix_wav:FILE,s1_wav:FILE,s2_wav:FILE[,s3_wav:FILE]), a ClearerVoice scp
+  list ("mix s1 s2 [s3]" per line) or a LibriMix folder with --split.
+
+writes OUT/report.csv (per file: SI-SNR, SI-SNRi, SDR, SDRi in dB, higher is
+better), OUT/summary.json (means) and the separated files.  Files are separated
+whole by default, as papers evaluate; --chunk-seconds evaluates chunked inference.
+
+examples:
+  mossformer evaluate --model work/best_model --data corpus/test.csv --out eval/
+  mossformer evaluate --model models/mossformer2_8k --data LibriMix/ --split test --out eval/
+"""
+
+TRAIN_EPILOG = """\
+--config is a model directory (configuration.json, weights optional) or a
+configuration.json file.  Its "model" section picks the architecture, its "train"
+section the recipe (defaults: the released one).  --set overrides one train key;
+the value is read as JSON (numbers, true/false, lists), else as text:
+
+  --set lr=5e-4 --set batch_size=2 --set augment.dynamic_mixing=true
+
+Ready-made configurations (the released sizes, 8 and 16 kHz): {configs}/
+{{mossformer,mossformer2}}_{{8k,16k}}.json (MossFormer(L) and MossFormer2; "num_spks": 3 for
+three speakers).
+
+Running the same command again resumes from the last checkpoint in --work-dir.
+The best model (by validation SI-SNR) is kept in WORK_DIR/best_model, ready for
+'mossformer separate --model WORK_DIR/best_model'.
+
+examples:
+  mossformer train --config {configs}/mossformer2_8k.json --train train.csv --valid dev.csv --work-dir runs/m2
+  mossformer train --config models/mossformer2_8k --train train.scp --valid dev.scp --work-dir runs/ft \\
+      --init-checkpoint models/mossformer2_8k --set fine_tune_lr=5e-5 --max-epochs 20
+"""
+
+
+class UsageError(Exception):
+    """A problem with the command line or its inputs; exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors become exceptions, so that `main` can return 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        raise UsageError(message)
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group('runtime')
+    group.add_argument('--device', default='auto', metavar='DEVICE',
+                       help='auto (CUDA when available), cpu, cuda or cuda:N (default: auto)')
+    group.add_argument('--threads', type=int, default=None, metavar='N',
+                       help='CPU threads for PyTorch (default: PyTorch decides)')
+    group.add_argument('--no-progress', action='store_true', help='hide progress bars')
+    group.add_argument('-v', '--verbose', action='count', default=0,
+                       help='more log messages (-vv also shows ModelScope\'s)')
+    group.add_argument('-q', '--quiet', action='store_true', help='only errors')
+
+
+def _add_separation_options(parser: argparse.ArgumentParser, chunk_default: float) -> None:
+    parser.add_argument('--model', required=True, metavar='DIR',
+                        help='model directory (configuration.json + weights)')
+    parser.add_argument('--out', required=True, metavar='DIR', help='output folder (created)')
+    group = parser.add_argument_group('separation')
+    group.add_argument('--chunk-seconds', type=float, default=chunk_default, metavar='S',
+                       help=f'chunk length for long inputs; 0 = whole file at once (default: {chunk_default:g})')
+    group.add_argument('--overlap-seconds', type=float, default=1.0, metavar='S',
+                       help='overlap between chunks, used to keep speakers in order and to cross-fade (default: 1)')
+    group.add_argument('--precision', choices=PRECISION_CHOICES, default='fp32',
+                       help='fp32, or bf16/fp16 autocast (fp16 on CUDA only) (default: fp32)')
+    group.add_argument('--subtype', choices=('PCM_16', 'PCM_24', 'FLOAT'), default='PCM_16',
+                       help='sample format of the written files (default: PCM_16)')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog='mossformer', formatter_class=_formatter, epilog=MAIN_EPILOG,
+                     description='MossFormer / MossFormer2 speech separation: split a recording with several '
+                                 'talkers into one file per talker, measure how well a model does it, or train one.')
+    from . import __version__
+
+    parser.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
+    commands = parser.add_subparsers(dest='command', metavar='COMMAND', parser_class=_Parser)
+
+    separate = commands.add_parser(
+        'separate', formatter_class=_formatter, epilog=SEPARATE_EPILOG,
+        help='separate audio files into one file per speaker',
+        description='Separate recordings into one file per speaker.')
+    separate.add_argument('inputs', nargs='+', metavar='INPUT', help='audio files, folders, CSV or scp lists')
+    _add_separation_options(separate, chunk_default=8.0)
+    _add_runtime_options(separate)
+
+    evaluate = commands.add_parser(
+        'evaluate', formatter_class=_formatter, epilog=EVALUATE_EPILOG,
+        help='score a model on mixtures with known sources (SI-SNRi, SDRi)',
+        description='Separate a test set and score the result against the reference sources.')
+    evaluate.add_argument('--data', required=True, nargs='+', metavar='DATA',
+                          help='CSV / scp list(s) with references, or a LibriMix folder (with --split)')
+    evaluate.add_argument('--split', default='test', help='LibriMix split for folder data (default: test)')
+    _add_separation_options(evaluate, chunk_default=0.0)
+    _add_runtime_options(evaluate)
+
+    train = commands.add_parser(
+        'train', formatter_class=_formatter, epilog=TRAIN_EPILOG.format(configs=CONFIGS_DIR),
+        help='train or fine-tune a model',
+        description='Train (or fine-tune, or resume training of) a MossFormer / MossFormer2 model.')
+    train.add_argument('--config', required=True, metavar='PATH',
+                       help='model directory or configuration.json with "model" and optional "train" sections')
+    train.add_argument('--train', required=True, metavar='DATA', help='training data: CSV, scp or LibriMix folder')
+    train.add_argument('--valid', required=True, metavar='DATA', help='validation data: CSV, scp or LibriMix folder')
+    train.add_argument('--work-dir', required=True, metavar='DIR',
+                       help='checkpoints, logs and best_model/ go here; an existing run resumes')
+    train.add_argument('--max-epochs', type=int, default=None, metavar='N', help='epochs in total')
+    train.add_argument('--init-checkpoint', default=None, metavar='PATH',
+                       help='start from these weights (fine-tuning; any supported checkpoint format)')
+    train.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', dest='overrides',
+                       help='override a train key (dotted for nested keys); may be repeated')
+    _add_runtime_options(train)
+    return parser
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+
+
+def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
+    """['lr=1e-3', 'augment.dynamic_mixing=true'] -> {'lr': 0.001, 'augment': {'dynamic_mixing': True}}."""
+    overrides: Dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition('=')
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f'--set {item!r}: expected KEY=VALUE, e.g. --set lr=5e-4')
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        target = overrides
+        parts = key.split('.')
+        for part in parts[:-1]:
+            node = target.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UsageError(f'--set {item!r}: {part} was already given a value')
+            target = node
+        target[parts[-1]] = value
+    return overrides
+
+
+def resolve_device(name: str) -> str:
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> a device that exists."""
+    import torch
+
+    name = name.strip().lower()
+    if name == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    if name == 'cpu':
+        return 'cpu'
+    kind, _, index = name.partition(':')
+    if kind in ('cuda', 'gpu'):
+        if not torch.cuda.is_available():
+            raise UsageError(f'--device {name}: CUDA is not available here (use --device cpu or auto)')
+        if index:
+            if not index.isdigit():
+                raise UsageError(f'--device {name}: expected cuda:N with N a GPU number')
+            if int(index) >= torch.cuda.device_count():
+                raise UsageError(f'--device {name}: only {torch.cuda.device_count()} GPU(s) visible')
+            return f'cuda:{int(index)}'
+        return 'cuda'
+    raise UsageError(f'--device {name}: expected auto, cpu, cuda or cuda:N')
+
+
+def _model_dir(path: str) -> Path:
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        raise UsageError(f'--model {path}: no such directory (expected a model dir with configuration.json)')
+    if not (directory / 'configuration.json').is_file():
+        raise UsageError(f'--model {path}: no configuration.json in this directory')
+    return directory.resolve()
+
+
+class _MinimumLevel(logging.Filter):
+    """Drops records below a level; survives ModelScope resetting its logger's level on every import."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.level = logging.ERROR
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
+
+
+_MODELSCOPE_FILTER = _MinimumLevel()
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """Warnings and errors by default (-v: progress messages, -q: errors only); ModelScope's chatter hidden."""
+    level = logging.ERROR if args.quiet else (logging.INFO if args.verbose else logging.WARNING)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level, format='%(levelname)s %(name)s: %(message)s')
+    logging.getLogger('modelscope_mossformer').setLevel(level)
+    _MODELSCOPE_FILTER.level = level if args.verbose > 1 else max(level, logging.ERROR)
+    modelscope_logger = logging.getLogger('modelscope')
+    if _MODELSCOPE_FILTER not in modelscope_logger.filters:
+        modelscope_logger.addFilter(_MODELSCOPE_FILTER)
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise UsageError(f'--threads {args.threads}: must be at least 1')
+        torch.set_num_threads(args.threads)
+
+
+@contextlib.contextmanager
+def _progress_friendly_logging(enabled: bool) -> Iterator[None]:
+    if not enabled:
+        yield
+        return
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm():
+        yield
+
+
+def _build_pipeline(args: argparse.Namespace):
+    model_dir = _model_dir(args.model)
+    device = resolve_device(args.device)
+    if args.precision == 'fp16' and not device.startswith('cuda'):
+        raise UsageError("--precision fp16 needs CUDA; use bf16 or fp32 on the CPU")
+    chunk = args.chunk_seconds if args.chunk_seconds and args.chunk_seconds > 0 else None
+    if chunk is not None and not 0 < args.overlap_seconds < chunk:
+        raise UsageError(f'--overlap-seconds {args.overlap_seconds:g} must be above 0 and below '
+                         f'--chunk-seconds {chunk:g}')
+    import modelscope_mossformer  # noqa: F401 - registers the pipeline
+    from modelscope.pipelines import pipeline
+
+    from .metainfo import TASK
+
+    try:
+        return pipeline(TASK, model=str(model_dir), device=device, chunk_seconds=chunk,
+                        overlap_seconds=args.overlap_seconds, precision=args.precision)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        raise UsageError(f'--model {args.model}: cannot load the model ({err})') from err
+
+
+def _print_summary(summary: Any, out_dir: str) -> None:
+    print(f'{summary.ok}/{summary.total} file(s) separated into {out_dir}')
+    if summary.means:
+        print(f'mean over {summary.scored} scored file(s):')
+        for key, value in summary.means.items():
+            print(f'  {key:8s} {value:8.3f} dB')
+    for path, message in summary.failures:
+        print(f'FAILED {message if message.startswith(path) else f"{path}: {message}"}', file=sys.stderr)
+    print(f'report: {summary.report_csv}')
+
+
+# ---------------------------------------------------------------------------
+# subcommands
+# ---------------------------------------------------------------------------
+
+
+def _run_separation(args: argparse.Namespace, inputs: List[str], split: Optional[str]) -> int:
+    from .batch import separate_many
+    from .data.manifest import ManifestError
+
+    separator = _build_pipeline(args)
+    progress = not args.no_progress
+    with _progress_friendly_logging(progress):
+        try:
+            summary = separate_many(separator, inputs, args.out, split=split, subtype=args.subtype,
+                                    progress=progress)
+        except ManifestError as err:
+            raise UsageError(str(err)) from err
+    _print_summary(summary, args.out)
+    if summary.total == 0:
+        print('no input files found', file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_FAILED if summary.failed else EXIT_OK
+
+
+def command_separate(args: argparse.Namespace) -> int:
+    return _run_separation(args, args.inputs, split=None)
+
+
+def command_evaluate(args: argparse.Namespace) -> int:
+    for item in args.data:
+        if not Path(item).exists():
+            raise UsageError(f'--data {item}: no such file or folder')
+    return _run_separation(args, args.data, split=args.split)
+
+
+def _training_model_dir(config: str, work_dir: Path) -> Path:
+    path = Path(config).expanduser()
+    if path.is_dir():
+        if not (path / 'configuration.json').is_file():
+            raise UsageError(f'--config {config}: no configuration.json in this directory')
+        return path.resolve()
+    if not path.is_file():
+        raise UsageError(f'--config {config}: no such file or directory')
+    try:
+        json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f'--config {config}: not valid JSON ({err})') from err
+    if path.name == 'configuration.json':
+        return path.parent.resolve()
+    model_dir = work_dir / 'initial_model'
+    model_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, model_dir / 'configuration.json')
+    return model_dir.resolve()
+
+
+def command_train(args: argparse.Namespace) -> int:
+    overrides = parse_overrides(args.overrides)
+    for name, data in (('--train', args.train), ('--valid', args.valid)):
+        if not Path(data).exists():
+            raise UsageError(f'{name} {data}: no such file or folder')
+    work_dir = Path(args.work_dir).expanduser().resolve()
+    device = resolve_device(args.device)
+    model_dir = _training_model_dir(args.config, work_dir)
+    if args.no_progress:
+        overrides['progressbar'] = False
+    import modelscope_mossformer  # noqa: F401 - registers the trainer
+    from modelscope.trainers import build_trainer
+
+    from .metainfo import Trainers
+
+    default_args = dict(model=str(model_dir), train_dataset=str(Path(args.train).resolve()),
+                        eval_dataset=str(Path(args.valid).resolve()), work_dir=str(work_dir), device=device,
+                        train=overrides)
+    if args.max_epochs is not None:
+        default_args['max_epochs'] = args.max_epochs
+    if args.init_checkpoint is not None:
+        default_args['init_checkpoint'] = args.init_checkpoint
+    try:
+        trainer = build_trainer(Trainers.speech_separation, default_args=default_args)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        raise UsageError(str(err)) from err
+    try:
+        result = trainer.train()
+    except Exception as err:  # noqa: BLE001 - report and exit 1, the log has the details
+        logger.error('training failed: %s', err, exc_info=args.verbose > 0)
+        print(f'training failed: {err} (log: {work_dir / "log.txt"})', file=sys.stderr)
+        return EXIT_FAILED
+    epochs = result.get('epochs') or []
+    if epochs:
+        last = epochs[-1]
+        print(f'epoch {int(last["epoch"])}: train loss {last["train_loss"]:.3f}, '
+              f'valid SI-SNR {last["valid_si_snr"]:.3f} dB')
+    else:
+        print('nothing to train: the run in this work dir already reached --max-epochs')
+    print(f'best model: {result["best_model_dir"]}')
+    return EXIT_OK
+
+
+COMMANDS = {'separate': command_separate, 'evaluate': command_evaluate, 'train': command_train}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 some failures, 2 usage error)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as err:
+        print(f'mossformer: error: {err}', file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as exit_:  # --help, --version
+        return int(exit_.code or 0)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        _configure_logging(args)
+        return COMMANDS[args.command](args)
+    except UsageError as err:
+        print(f'mossformer {args.command}: error: {err}', file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == '__main__':
+    sys.exit(main())
