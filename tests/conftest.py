@@ -36,13 +36,14 @@ def mixture():
     return torch.randn(2, 2000, generator=generator) * 0.1
 
 
-def pytest_runtest_setup(item):
+def _hide_unloaded_speechbrain_lazy_modules() -> None:
     """Hide SpeechBrain's not-yet-imported lazy modules from `sys.modules` scans.
 
-    Hypothesis reads `__file__` of every module in `sys.modules`; on SpeechBrain's
-    lazy placeholders that triggers their import, and optional integrations such
-    as `speechbrain.integrations.k2_fsa` raise ImportError without k2.  The
-    placeholders stay reachable as attributes of their packages.
+    Hypothesis reads `__file__` of every module in `sys.modules` (at collection and
+    before each test); on SpeechBrain's lazy placeholders that triggers their import,
+    and optional integrations such as `speechbrain.integrations.k2_fsa` raise
+    ImportError without k2.  The placeholders stay reachable as attributes of their
+    packages.
     """
     if 'speechbrain' not in sys.modules:
         return
@@ -51,3 +52,12 @@ def pytest_runtest_setup(item):
     for name, module in list(sys.modules.items()):
         if isinstance(module, LazyModule) and getattr(module, 'lazy_module', None) is None:
             del sys.modules[name]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session, config, items):
+    _hide_unloaded_speechbrain_lazy_modules()
+
+
+def pytest_runtest_setup(item):
+    _hide_unloaded_speechbrain_lazy_modules()
