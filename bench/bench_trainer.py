@@ -33,8 +33,12 @@ Peak memory: each side runs in its own process; on CPU the peak resident set
 size (``getrusage(RUSAGE_SELF).ru_maxrss``) and the RSS just before the first
 step; on CUDA ``torch.cuda.max_memory_allocated`` over the training steps.
 
-    python bench/bench_trainer.py                       # moderate config, CPU, a few minutes
-    python bench/bench_trainer.py --size large --steps 5 --device cuda
+On a CPU shared with other jobs, pass ``--threads 1``: with two or more threads a
+step waits for whichever thread the scheduler parked, and times vary several-fold.
+
+    python bench/bench_trainer.py --threads 1            # moderate config, CPU, about a minute
+    python bench/bench_trainer.py --size large --steps 3 --warmup 1 --threads 1
+    python bench/bench_trainer.py --size large --device cuda
 """
 from __future__ import annotations
 
@@ -254,7 +258,7 @@ def run_builtin(spec: Dict[str, Any]) -> Dict[str, Any]:
     trainer = SeparationTrainer(model=None, cfg_file=str(Path(spec['builtin_model_dir']) / 'configuration.json'),
                                 work_dir=spec['builtin_work_dir'], train_dataset=examples,
                                 eval_dataset=RecordedExamples(batches[:1]), max_epochs=1,
-                                device='gpu' if spec['device'].startswith('cuda') else 'cpu')
+                                device=spec['device'].replace('cuda', 'gpu'))  # ModelScope's device names
     trainer.model.load_check_point(spec['builtin_model_dir'])  # the released-format copy of our initial weights
     brain = trainer.separator
     timer = StepTimer(spec['device'])
@@ -335,6 +339,7 @@ def mib(num_bytes: Optional[int]) -> str:
 def report(spec: Dict[str, Any], results: List[Dict[str, Any]]) -> Dict[str, Any]:
     ours, builtin = results
     ratio = builtin['median_step_s'] / ours['median_step_s']
+    cpu_ratio = builtin['median_step_cpu_s'] / ours['median_step_cpu_s']
     print()
     print(f'MossFormer {spec["size"]} ({spec["num_params"]:,} parameters), batch {spec["batch_size"]} x '
           f'{spec["segment_seconds"]:g} s at {spec["sample_rate"]} Hz, {spec["device"]}, {spec["threads"]} threads; '
@@ -351,9 +356,11 @@ def report(spec: Dict[str, Any], results: List[Dict[str, Any]]) -> Dict[str, Any
               f'{mib(row["peak_rss_bytes"]):>13}' + (f' {mib(row.get("cuda_max_allocated_bytes")):>14}' if cuda else '')
               + f' {row["losses"][0]:>11.3f} {row["losses"][-1]:>10.3f}')
     print(f'\nbuilt-in / ours, median seconds per step: {ratio:.3f} '
-          f'({"ours faster" if ratio > 1 else "built-in faster" if ratio < 1 else "equal"})')
+          f'({"ours faster" if ratio > 1 else "built-in faster" if ratio < 1 else "equal"}); '
+          f'median CPU seconds per step: {cpu_ratio:.3f} (wall time also counts waiting for other jobs)')
     return {'spec': spec, 'results': results, 'ratio_builtin_over_ours': ratio,
-            'torch': torch.__version__, 'machine': platform.processor() or platform.machine()}
+            'cpu_ratio_builtin_over_ours': cpu_ratio, 'torch': torch.__version__,
+            'machine': platform.processor() or platform.machine()}
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
