@@ -177,6 +177,17 @@ def test_chunked_output_is_close_to_whole_file_output(model_class, config, chunk
     assert float(agreement) > threshold_db
 
 
+def test_bf16_autocast_on_cpu_stays_close_and_fp16_is_refused():
+    model = MossFormer(tiny_mossformer()).eval()
+    mix = demo_sources(2, 2.0, seed=9).sum(0)
+    full = SeparationEngine(model, RATE, chunk_seconds=None).separate(mix)
+    half = SeparationEngine(model, RATE, precision='bf16', chunk_seconds=None).separate(mix)
+    assert half.dtype == torch.float32
+    assert float(pit_si_snr(half[None], full[None])[0]) > 30.0  # about 42 dB measured
+    with pytest.raises(ValueError, match="'fp16' needs CUDA"):
+        SeparationEngine(model, RATE, precision='fp16', device='cpu')
+
+
 MEMORY_SCRIPT = textwrap.dedent('''
     import json, resource, sys, time
     import torch
@@ -228,18 +239,18 @@ def run_memory_check(tmp_path, long_seconds: float, timeout: float):
 def test_memory_does_not_grow_with_file_length(tmp_path):
     """Peak RSS after a 10-minute file is that after a 1-minute one: memory depends on the chunk only.
 
-    For scale: separating the 10-minute file whole would need the encoder output alone
-    (16 channels x 600 k frames, float32) several times over, hundreds of MB.
+    Measured growth: about 3 MB.  For scale, holding the 10-minute mixture in memory
+    once (float32) takes 19 MB; separating it whole would need its encoder output
+    (16 channels x 600 k frames) several times over, hundreds of MB.
     """
     result = run_memory_check(tmp_path, 600.0, timeout=600)
-    print(result)
     growth = result['after_long_mb'] - result['after_short_mb']
-    assert growth < 64, result
+    assert growth < 16, result
 
 
 @pytest.mark.slow
 def test_one_hour_file_separates_in_bounded_memory(tmp_path):
+    """One hour of 8 kHz audio (the mixture alone is 115 MB as float32): about 50 s here, +4 MB peak RSS."""
     result = run_memory_check(tmp_path, 3600.0, timeout=1200)
-    print(result)
     assert result['after_long_mb'] < 2048, result
-    assert result['after_long_mb'] - result['after_short_mb'] < 64, result
+    assert result['after_long_mb'] - result['after_short_mb'] < 32, result
