@@ -299,43 +299,62 @@ class GatedAttentionUnit(nn.Module):
         half = vu.shape[-1] // 2
         v, u = vu[..., :half], vu[..., half:]
         att_v, att_u = att[..., :half], att[..., half:]
-        out = (att_u * v) * torch.sigmoid(att_v * u)
+        if torch.is_grad_enabled():
+            out = (att_u * v) * torch.sigmoid(att_v * u)
+        else:  # same product, in one buffer
+            out = torch.mul(att_v, u).sigmoid_().mul_(att_u).mul_(v)
         return x + self.to_out(out)
 
     def _joint_attention(self, quad_q: torch.Tensor, lin_q: torch.Tensor, quad_k: torch.Tensor,
                          lin_k: torch.Tensor, vu: torch.Tensor) -> torch.Tensor:
         """Quadratic attention within groups + linear attention, on [B, L, S] and [B, L, H] -> [B, L, H]."""
+        if self.causal:
+            return self._causal_attention(quad_q, lin_q, quad_k, lin_k, vu)
+        b, n, hidden = vu.shape
+        g = self.group_size
+        width = quad_q.shape[-1]
+
+        # linear attention over the whole sequence
+        lin_kv = torch.matmul(lin_k.transpose(-1, -2), vu) / n  # [B, S, H]
+        out = torch.matmul(lin_q, lin_kv)  # [B, L, H]
+
+        # quadratic attention inside groups of g frames (the last one may be shorter: that is
+        # what zero padding would give, as relu(0)^2 = 0, without copying v and u); its output
+        # is added into the linear one by the same GEMM (beta = 1), in place, which autograd
+        # allows because the product that made `out` does not need it for its gradient
+        full = n - n % g
+        spans = ([(0, full, g)] if full else []) + ([(full, n, n - full)] if full < n else [])
+        for start, stop, size in spans:
+            q = quad_q[:, start:stop].reshape(-1, size, width)  # [B*G, size, S]
+            k = quad_k[:, start:stop].reshape(-1, size, width)
+            sim = torch.bmm(q, k.transpose(1, 2)) / g  # [B*G, size, size]
+            attn = self.attn_dropout(F.relu(sim) ** 2).reshape(b, -1, size, size)
+            for item in range(b):
+                values = vu[item, start:stop].reshape(-1, size, hidden)  # [G, size, H]
+                out[item, start:stop].view(-1, size, hidden).baddbmm_(attn[item], values)
+        return out
+
+    def _causal_attention(self, quad_q: torch.Tensor, lin_q: torch.Tensor, quad_k: torch.Tensor,
+                          lin_k: torch.Tensor, vu: torch.Tensor) -> torch.Tensor:
         b, n, hidden = vu.shape
         g = self.group_size
 
         # padding for groups (zero keys add nothing: relu(0)^2 = 0)
         padding = (-n) % g
-        quad_q, quad_k, lin_q, vu_padded = (_pad_frames(t, padding) for t in (quad_q, quad_k, lin_q, vu))
+        quad_q, quad_k, lin_q, lin_k, vu = (_pad_frames(t, padding) for t in (quad_q, quad_k, lin_q, lin_k, vu))
         groups = (n + padding) // g
-        quad_q = quad_q.reshape(b * groups, g, -1)  # [B*G, g, S]
-        quad_k = quad_k.reshape(b * groups, g, -1)  # [B*G, g, S]
-        vu_grouped = vu_padded.reshape(b * groups, g, hidden)  # [B*G, g, H]
+        quad_q, quad_k, lin_q, lin_k, vu = (t.reshape(b, groups, g, -1) for t in (quad_q, quad_k, lin_q, lin_k, vu))
 
-        # quadratic attention weights inside groups
-        sim = torch.bmm(quad_q, quad_k.transpose(-1, -2)) / g  # [B*G, g, g]
+        # quadratic attention inside groups, future frames masked
+        sim = torch.matmul(quad_q, quad_k.transpose(-1, -2)) / g  # [B, G, g, g]
         attn = self.attn_dropout(F.relu(sim) ** 2)
-        if self.causal:
-            future = torch.ones((g, g), dtype=torch.bool, device=sim.device).triu(1)
-            attn = attn.masked_fill(future, 0.0)
+        future = torch.ones((g, g), dtype=torch.bool, device=sim.device).triu(1)
+        attn = attn.masked_fill(future, 0.0)
 
-        # linear attention over the whole sequence
-        if self.causal:
-            lin_k = _pad_frames(lin_k, padding).reshape(b, groups, g, -1)
-            lin_kv = torch.matmul(lin_k.transpose(-1, -2), vu_padded.reshape(b, groups, g, hidden)) / g  # [B, G, S, H]
-            lin_kv = F.pad(lin_kv.cumsum(dim=1), (0, 0, 0, 0, 1, -1))  # exclusive cumsum over groups
-            lin_out = torch.matmul(lin_q.reshape(b, groups, g, -1), lin_kv)  # [B, G, g, H]
-        else:
-            lin_kv = torch.matmul(lin_k.transpose(-1, -2), vu) / n  # [B, S, H] (unpadded: same sums)
-            lin_out = torch.matmul(lin_q, lin_kv)  # [B, L+pad, H]
-
-        # quadratic output added into the linear one by the same GEMM (beta = 1); autograd-safe,
-        # as the product that made lin_out does not need it for its gradient
-        out = lin_out.reshape(b * groups, g, hidden).baddbmm_(attn, vu_grouped)  # [B*G, g, H]
+        # linear attention over the earlier groups only
+        lin_kv = torch.matmul(lin_k.transpose(-1, -2), vu) / g  # [B, G, S, H]
+        lin_kv = F.pad(lin_kv.cumsum(dim=1), (0, 0, 0, 0, 1, -1))  # exclusive cumsum over groups
+        out = torch.matmul(lin_q, lin_kv) + torch.matmul(attn, vu)  # [B, G, g, H]
         return out.reshape(b, groups * g, hidden)[:, :n]  # [B, L, H]
 
 
