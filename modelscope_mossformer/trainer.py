@@ -65,6 +65,7 @@ DEFAULT_TRAIN_CONFIG: Dict[str, Any] = {
     'precision': 'fp32',
     'eval_precision': 'fp32',
     'grad_accumulation_factor': 1,
+    'activation_checkpointing': False,  # recompute each block in backward: less memory, ~1.3x the step time
     'nonfinite_patience': 3,
     'ckpt_interval_minutes': 0,
     'ckpt_interval_steps': 0,
@@ -404,6 +405,7 @@ class SpeechSeparationTrainer(BaseTrainer):
         valid_set = self._dataset(self.eval_dataset, 'validation', train=False)
         lr = self._initialise_weights()
         separator = self.model.separator
+        separator.activation_checkpointing = bool(cfg['activation_checkpointing'])
         counter = EpochCounter(cfg['max_epochs'])
         scheduler = ReduceLROnPlateau(lr_min=cfg['lr_scheduler']['lr_min'], factor=cfg['lr_scheduler']['factor'],
                                       patience=cfg['lr_scheduler']['patience'],

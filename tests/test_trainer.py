@@ -101,8 +101,10 @@ def test_three_speakers_fine_tuned_from_a_two_speaker_checkpoint(tmp_path, corpu
     three = build_trainer(Trainers.speech_separation, default_args=dict(
         model=str(model_dir(tmp_path / 'three', num_spks=3)), train_dataset=str(corpus3.scp['train']),
         eval_dataset=str(corpus3.scp['validation']), work_dir=str(tmp_path / 'work3'), max_epochs=1,
-        init_checkpoint=str(tmp_path / 'work2' / 'best_model'), train={'fine_tune_lr': 7e-5}))
+        init_checkpoint=str(tmp_path / 'work2' / 'best_model'),
+        train={'fine_tune_lr': 7e-5, 'activation_checkpointing': True}))
     three.train()
+    assert three.model.separator.activation_checkpointing is True
     assert 're-initialised masker.out_proj.weight, masker.out_proj.bias' in caplog.text
     assert float(train_log(tmp_path / 'work3')[0]['lr']) == pytest.approx(7e-5)
     assert three.model.num_spks == 3

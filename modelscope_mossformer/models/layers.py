@@ -92,6 +92,7 @@ class _DepthwiseFramesConv(torch.autograd.Function):
     """'same' depthwise conv on [B, L, C] with a fast CPU backward."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type='cpu')  # backward runs under the forward's autocast state (bf16 training)
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, padding: int, dilation: int,
                 residual: bool) -> torch.Tensor:
         x = x.contiguous()
@@ -101,6 +102,7 @@ class _DepthwiseFramesConv(torch.autograd.Function):
         return out.add_(x) if residual else out
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type='cpu')
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
         grad = grad.contiguous()

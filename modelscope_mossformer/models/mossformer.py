@@ -10,6 +10,7 @@ from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from .configs import MossFormerConfig
@@ -32,16 +33,26 @@ class MossFormerLayer(nn.Module):
 
 
 class SequenceModel(nn.Module):
-    """R stacked layers on [B, L, D] followed by a LayerNorm."""
+    """R stacked layers on [B, L, D] followed by a LayerNorm.
+
+    With ``activation_checkpointing`` on, training keeps only each layer's input and
+    recomputes the layer during the backward pass (torch.utils.checkpoint, with the
+    dropout RNG state replayed, so gradients are those of a plain run).
+    """
 
     def __init__(self, layers: Sequence[nn.Module], dim: int) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.final_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.activation_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        recompute = self.activation_checkpointing and torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x)
+            if recompute:
+                x = torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False)
+            else:
+                x = layer(x)
         return self.final_norm(x)
 
 
@@ -111,6 +122,15 @@ class MossFormer(nn.Module):
         self.masker = MaskNet(config.enc_channels, config.model_dim, config.num_spks, sequence, norm=config.norm,
                               use_global_pos_enc=config.use_global_pos_enc, skip_around_seq=config.skip_around_seq)
         self.decoder = ConvDecoder(config.enc_channels, config.enc_kernel_size, config.stride, bias=config.dec_bias)
+
+    @property
+    def activation_checkpointing(self) -> bool:
+        """Recompute each layer in the backward pass instead of storing its activations."""
+        return self.masker.sequence.activation_checkpointing
+
+    @activation_checkpointing.setter
+    def activation_checkpointing(self, enabled: bool) -> None:
+        self.masker.sequence.activation_checkpointing = bool(enabled)
 
     @staticmethod
     def _attention_blocks(config: MossFormerConfig) -> List[GatedAttentionUnit]:
