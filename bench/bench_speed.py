@@ -1,0 +1,339 @@
+"""Speed of this package's models against ModelScope's implementation, side by side in one run.
+
+Sections (``--sections``, all by default):
+
+* ``peak``: this machine's float32 (and bfloat16) matmul throughput at the size of the
+  models' largest GEMM ([frames, 512] x [512, 2048]), best of several runs: the hardware
+  reference for the GFLOP/s figures below.
+* ``inference``: forward pass at the released sizes (batch 1, 8 kHz) for each length in
+  ``--lengths``: ours vs the reference (ModelScope's classes holding the same weights),
+  interleaved, median of ``--repeats`` (one repeat for inputs of 30 s and more), the
+  largest absolute output difference, and the GFLOP/s both achieve (matmul and conv
+  FLOPs counted once on the meta device with torch.utils.flop_counter).
+* ``bf16``: the same forward under CPU bfloat16 autocast (an explicit option; the default
+  stays fp32): time against our fp32 run and the reference, and fidelity as the SI-SNR of
+  the bf16 output against our fp32 output (should stay above 30 dB).
+* ``train``: one training step (forward + backward of the mean squared output, batch 1,
+  4 s segments as in the released recipe, dropout on): ours vs the reference, ours in
+  bf16 autocast, and ours with activation checkpointing; the largest relative gradient
+  difference to the reference (dropout off for that check).
+* ``memory``: peak resident memory of a training step (forward + backward) for 2 s and
+  4 s segments, with and without activation checkpointing, each in a fresh process;
+  memory per second of training audio = the difference / 2 s.
+
+    python bench/bench_speed.py --threads 2 --lengths 4,60 --json bench_speed.json
+    python bench/bench_speed.py --sections peak,inference --lengths 4 --models mossformer
+
+Exit status 1 when an output differs from the reference by more than 1e-4.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # bench script: import tests/reference.py and the package from this clone
+
+from modelscope_mossformer.models import build_separator, mossformer2_base, mossformer_large  # noqa: E402
+from modelscope_mossformer.models.checkpoint import released_key  # noqa: E402
+from tests.reference import reference_forward, reference_with_weights_of  # noqa: E402
+
+RATE = 8000
+MAX_ABS_DIFF = 1e-4
+CONFIGS: Dict[str, Callable] = {'mossformer': mossformer_large, 'mossformer2': mossformer2_base}
+LABELS = {'mossformer': 'MossFormer(L)', 'mossformer2': 'MossFormer2'}
+SECTIONS = ('peak', 'inference', 'bf16', 'train', 'memory')
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved(fns: Dict[str, Callable[[], Any]], repeats: int) -> Dict[str, List[float]]:
+    """Run each function `repeats` times, alternating, so that all see the same machine state."""
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(timed(fn))
+    return times
+
+
+def si_snr_db(estimate: torch.Tensor, target: torch.Tensor) -> float:
+    estimate = estimate.double().flatten() - estimate.double().mean()
+    target = target.double().flatten() - target.double().mean()
+    projection = (estimate @ target) / (target @ target) * target
+    return float(10 * torch.log10(projection.pow(2).sum() / (estimate - projection).pow(2).sum()))
+
+
+def forward_flops(name: str, num_samples: int) -> int:
+    """Matmul/conv FLOPs of one forward pass of our model (counted on the meta device)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device('meta'):
+        model = build_separator(CONFIGS[name]()).eval()
+        mix = torch.empty(1, num_samples)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(mix)
+    return counter.get_total_flops()
+
+
+def build_pair(name: str):
+    torch.manual_seed(0)
+    ours = build_separator(CONFIGS[name]()).eval()
+    reference = reference_with_weights_of(ours).eval()
+    return ours, reference
+
+
+# ---------------------------------------------------------------------------
+# sections
+# ---------------------------------------------------------------------------
+
+
+def bench_peak(frames: int = 4000) -> Dict[str, Any]:
+    result = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a = torch.randn(frames, 512).to(dtype)
+        b = torch.randn(512, 2048).to(dtype)
+        torch.matmul(a, b)
+        best = min(timed(lambda: torch.matmul(a, b)) for _ in range(10))
+        result[str(dtype).replace('torch.', '')] = 2 * frames * 512 * 2048 / best / 1e9
+    log(f'matmul peak ([{frames}, 512] x [512, 2048]): fp32 {result["float32"]:.1f} GFLOP/s, '
+        f'bf16 {result["bfloat16"]:.1f} GFLOP/s')
+    return {'matmul_gflops': result}
+
+
+def bench_inference(name: str, lengths: List[float], repeats: int, with_bf16: bool, with_fp32: bool
+                    ) -> List[Dict[str, Any]]:
+    ours, reference = build_pair(name)
+    rows = []
+    generator = torch.Generator().manual_seed(1)
+    with torch.inference_mode():
+        warm = torch.randn(1, 2 * RATE, generator=generator)
+        ours(warm), reference_forward(reference, warm)  # first-call costs out of the timings
+        for seconds in lengths:
+            mix = 0.1 * torch.randn(1, int(seconds * RATE), generator=generator)
+            runs = repeats if seconds < 30 else 1
+            flops = forward_flops(name, mix.shape[1])
+            row: Dict[str, Any] = {'model': LABELS[name], 'seconds': seconds, 'repeats': runs, 'gflop': flops / 1e9}
+            out_fp32 = ours(mix)
+            if with_fp32:
+                out_reference = reference_forward(reference, mix)
+                times = interleaved({'ours': lambda: ours(mix),
+                                     'reference': lambda: reference_forward(reference, mix)}, runs)
+                row.update(ours_s=statistics.median(times['ours']), reference_s=statistics.median(times['reference']),
+                           times=times, max_abs_diff=float((out_fp32 - out_reference).abs().max()))
+                row['ratio'] = row['ours_s'] / row['reference_s']
+                row['ours_gflops'] = flops / 1e9 / row['ours_s']
+                row['reference_gflops'] = flops / 1e9 / row['reference_s']
+                log(f'  {LABELS[name]:<14} {seconds:>5g} s fp32: ours {row["ours_s"]:.2f} s, reference '
+                    f'{row["reference_s"]:.2f} s, ratio {row["ratio"]:.3f}, {row["ours_gflops"]:.1f} vs '
+                    f'{row["reference_gflops"]:.1f} GFLOP/s, max|diff| {row["max_abs_diff"]:.2e}')
+            if with_bf16:
+                def run_bf16():
+                    with torch.autocast('cpu', dtype=torch.bfloat16):
+                        return ours(mix)
+                out_bf16 = run_bf16()
+                times = interleaved({'bf16': run_bf16, 'fp32': lambda: ours(mix)}, runs)
+                row.update(bf16_s=statistics.median(times['bf16']), fp32_again_s=statistics.median(times['fp32']),
+                           bf16_si_snr_db=si_snr_db(out_bf16.float(), out_fp32))
+                row['bf16_over_fp32'] = row['bf16_s'] / row['fp32_again_s']
+                if 'reference_s' in row:
+                    row['bf16_over_reference'] = row['bf16_s'] / row['reference_s']
+                log(f'  {LABELS[name]:<14} {seconds:>5g} s bf16: {row["bf16_s"]:.2f} s = '
+                    f'{row["bf16_over_fp32"]:.3f} x our fp32, SI-SNR vs fp32 {row["bf16_si_snr_db"]:.1f} dB')
+            rows.append(row)
+    return rows
+
+
+def _step(model: torch.nn.Module, forward: Callable, mix: torch.Tensor, bf16: bool = False) -> None:
+    model.zero_grad(set_to_none=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
+        out = forward(mix)
+    out.float().pow(2).mean().backward()
+
+
+def bench_train(name: str, seconds: float, repeats: int) -> Dict[str, Any]:
+    ours, reference = build_pair(name)
+    generator = torch.Generator().manual_seed(2)
+    mix = 0.1 * torch.randn(1, int(seconds * RATE), generator=generator)
+    # gradients agree (dropout off so that both are deterministic)
+    _step(ours, ours, mix)
+    _step(reference, lambda m: reference_forward(reference, m), mix)
+    ref_grads = dict(reference.named_parameters())
+    worst = 0.0
+    for key, parameter in ours.named_parameters():
+        if parameter.grad is None:
+            continue
+        expected = ref_grads[released_key(key, name)].grad
+        worst = max(worst, float((parameter.grad - expected).abs().max() / expected.abs().max().clamp(min=1e-12)))
+    ours.train(), reference.train()
+
+    def checkpointed():
+        ours.activation_checkpointing = True
+        try:
+            _step(ours, ours, mix)
+        finally:
+            ours.activation_checkpointing = False
+
+    fns = {'ours': lambda: _step(ours, ours, mix),
+           'reference': lambda: _step(reference, lambda m: reference_forward(reference, m), mix),
+           'ours_bf16': lambda: _step(ours, ours, mix, bf16=True),
+           'ours_checkpointed': checkpointed}
+    for fn in fns.values():
+        fn()  # warm-up
+    times = interleaved(fns, repeats)
+    med = {key: statistics.median(value) for key, value in times.items()}
+    row = {'model': LABELS[name], 'seconds': seconds, 'repeats': repeats, 'times': times,
+           'max_rel_grad_diff': worst, **{f'{key}_s': value for key, value in med.items()},
+           'ratio': med['ours'] / med['reference'], 'bf16_over_reference': med['ours_bf16'] / med['reference'],
+           'bf16_over_fp32': med['ours_bf16'] / med['ours'],
+           'checkpointed_over_plain': med['ours_checkpointed'] / med['ours']}
+    log(f'  {LABELS[name]:<14} train step {seconds:g} s: ours {med["ours"]:.2f} s, reference '
+        f'{med["reference"]:.2f} s, ratio {row["ratio"]:.3f}; bf16 {med["ours_bf16"]:.2f} s '
+        f'({row["bf16_over_reference"]:.3f} x reference); checkpointed {med["ours_checkpointed"]:.2f} s '
+        f'({row["checkpointed_over_plain"]:.2f} x plain); max rel grad diff {worst:.1e}')
+    return row
+
+
+def memory_child(spec: Dict[str, Any]) -> Dict[str, Any]:
+    import resource
+
+    torch.set_num_threads(spec['threads'])
+    torch.manual_seed(0)
+    model = build_separator(CONFIGS[spec['model']]()).train()
+    model.activation_checkpointing = spec['checkpointing']
+    mix = 0.1 * torch.randn(1, int(spec['seconds'] * RATE))
+    with open('/proc/self/status') as handle:
+        rss = next(int(line.split()[1]) for line in handle if line.startswith('VmRSS:')) / 1024
+    _step(model, model, mix)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {'rss_before_mb': rss, 'peak_mb': peak, 'step_mb': peak - rss}
+
+
+def bench_memory(name: str, threads: int) -> Dict[str, Any]:
+    results: Dict[str, Any] = {'model': LABELS[name]}
+    for checkpointing in (False, True):
+        steps = {}
+        for seconds in (2.0, 4.0):
+            spec = {'model': name, 'seconds': seconds, 'checkpointing': checkpointing, 'threads': threads}
+            proc = subprocess.run([sys.executable, __file__, '--child', json.dumps(spec)], capture_output=True,
+                                  text=True, check=True)
+            steps[seconds] = json.loads(proc.stdout.strip().splitlines()[-1])['step_mb']
+        key = 'checkpointed' if checkpointing else 'plain'
+        results[key] = {'step_mb_2s': steps[2.0], 'step_mb_4s': steps[4.0],
+                        'mb_per_second': (steps[4.0] - steps[2.0]) / 2.0}
+    results['ratio'] = results['checkpointed']['mb_per_second'] / results['plain']['mb_per_second']
+    log(f'  {LABELS[name]:<14} training memory: {results["plain"]["mb_per_second"]:.0f} MB per second of audio '
+        f'plain, {results["checkpointed"]["mb_per_second"]:.0f} MB/s checkpointed ({results["ratio"]:.2f} x); '
+        f'4 s step {results["plain"]["step_mb_4s"]:.0f} MB vs {results["checkpointed"]["step_mb_4s"]:.0f} MB')
+    return results
+
+
+# ---------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------
+
+
+def print_summary(result: Dict[str, Any]) -> None:
+    log('\n== summary ==')
+    peak = result.get('peak', {}).get('matmul_gflops', {})
+    if peak:
+        log(f'matmul peak: fp32 {peak["float32"]:.1f} GFLOP/s, bf16 {peak["bfloat16"]:.1f} GFLOP/s')
+    rows = [r for r in result.get('inference', []) if 'ratio' in r]
+    if rows:
+        log(f'{"inference (batch 1)":<24} {"ours s":>8} {"ref s":>8} {"ours/ref":>9} {"GFLOP/s":>8} '
+            f'{"% peak":>7} {"max|diff|":>10}')
+        for r in rows:
+            share = 100 * r['ours_gflops'] / peak['float32'] if peak else float('nan')
+            log(f'{r["model"] + " " + format(r["seconds"], "g") + " s":<24} {r["ours_s"]:>8.2f} '
+                f'{r["reference_s"]:>8.2f} {r["ratio"]:>9.3f} {r["ours_gflops"]:>8.1f} {share:>6.0f}% '
+                f'{r["max_abs_diff"]:>10.2e}')
+    rows = [r for r in result.get('inference', []) if 'bf16_s' in r]
+    if rows:
+        log(f'{"bf16 inference":<24} {"bf16 s":>8} {"/fp32":>8} {"/ref":>8} {"SI-SNR dB":>10}')
+        for r in rows:
+            log(f'{r["model"] + " " + format(r["seconds"], "g") + " s":<24} {r["bf16_s"]:>8.2f} '
+                f'{r["bf16_over_fp32"]:>8.3f} {r.get("bf16_over_reference", float("nan")):>8.3f} '
+                f'{r["bf16_si_snr_db"]:>10.1f}')
+    for r in result.get('train', []):
+        log(f'train step {r["model"]} {r["seconds"]:g} s: ours/ref {r["ratio"]:.3f}, bf16/ref '
+            f'{r["bf16_over_reference"]:.3f}, checkpointed/plain {r["checkpointed_over_plain"]:.2f}, '
+            f'max rel grad diff {r["max_rel_grad_diff"]:.1e}')
+    for r in result.get('memory', []):
+        log(f'training memory {r["model"]}: {r["plain"]["mb_per_second"]:.0f} -> '
+            f'{r["checkpointed"]["mb_per_second"]:.0f} MB per second of audio with activation checkpointing')
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--sections', default=','.join(SECTIONS), help=f'comma-separated subset of {SECTIONS}')
+    parser.add_argument('--models', default='mossformer,mossformer2', help=f'subset of {",".join(CONFIGS)}')
+    parser.add_argument('--lengths', default='4,60', help='inference input lengths in seconds (default 4,60)')
+    parser.add_argument('--train-seconds', type=float, default=4.0, help='training segment length (default 4)')
+    parser.add_argument('--threads', type=int, default=2, help='torch CPU threads (default 2)')
+    parser.add_argument('--repeats', type=int, default=3, help='timed runs per configuration (default 3)')
+    parser.add_argument('--json', type=Path, default=None, help='also write the results to this JSON file')
+    parser.add_argument('--child', default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.sections = [s.strip() for s in args.sections.split(',') if s.strip()]
+    args.models = [m.strip() for m in args.models.split(',') if m.strip()]
+    args.lengths = [float(x) for x in args.lengths.split(',') if x.strip()]
+    for value, known, what in ((args.sections, SECTIONS, 'section'), (args.models, CONFIGS, 'model')):
+        unknown = [v for v in value if v not in known]
+        if unknown:
+            parser.error(f'unknown {what}(s) {unknown}; choose from {list(known)}')
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        print(json.dumps(memory_child(json.loads(args.child))))
+        return 0
+    torch.set_num_threads(args.threads)
+    log(f'torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, '
+        f'sections {args.sections}')
+    result: Dict[str, Any] = {'torch': torch.__version__, 'threads': args.threads}
+    if 'peak' in args.sections:
+        result['peak'] = bench_peak()
+    if 'inference' in args.sections or 'bf16' in args.sections:
+        result['inference'] = []
+        for name in args.models:
+            log(f'inference {LABELS[name]} ...')
+            result['inference'] += bench_inference(name, args.lengths, args.repeats, 'bf16' in args.sections,
+                                                   'inference' in args.sections)
+    if 'train' in args.sections:
+        log('training step ...')
+        result['train'] = [bench_train(name, args.train_seconds, args.repeats) for name in args.models]
+    if 'memory' in args.sections:
+        log('training memory ...')
+        result['memory'] = [bench_memory(name, args.threads) for name in args.models]
+    print_summary(result)
+    failures = [f'{r["model"]} {r["seconds"]:g} s: max|diff| {r["max_abs_diff"]:.2e}'
+                for r in result.get('inference', []) if r.get('max_abs_diff', 0.0) > MAX_ABS_DIFF]
+    for failure in failures:
+        log(f'FAIL {failure}')
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + '\n')
+        log(f'wrote {args.json}')
+    return 1 if failures else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
