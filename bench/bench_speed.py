@@ -17,7 +17,7 @@ Sections (``--sections``, all by default):
   4 s segments as in the released recipe, dropout on): ours vs the reference, ours in
   bf16 autocast, and ours with activation checkpointing; the largest relative gradient
   difference to the reference (dropout off for that check).
-* ``memory``: peak resident memory of a training step (forward + backward) for 2 s and
+* ``memory`` (run first): peak resident memory of a training step (forward + backward) for 2 s and
   4 s segments, with and without activation checkpointing, each in a fresh process;
   memory per second of training audio = the difference / 2 s.
 
@@ -64,12 +64,20 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(fns: Dict[str, Callable[[], Any]], repeats: int) -> Dict[str, List[float]]:
-    """Run each function `repeats` times, alternating, so that all see the same machine state."""
+def interleaved(fns: Dict[str, Callable[[], Any]], repeats: int,
+                outputs: Optional[Dict[str, Any]] = None) -> Dict[str, List[float]]:
+    """Run each function `repeats` times, alternating, so that all see the same machine state.
+
+    The last result of each function goes into `outputs` when given.
+    """
     times: Dict[str, List[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            times[name].append(timed(fn))
+            start = time.perf_counter()
+            result = fn()
+            times[name].append(time.perf_counter() - start)
+            if outputs is not None:
+                outputs[name] = result
     return times
 
 
@@ -130,11 +138,12 @@ def bench_inference(name: str, lengths: List[float], repeats: int, with_bf16: bo
             runs = repeats if seconds < 30 else 1
             flops = forward_flops(name, mix.shape[1])
             row: Dict[str, Any] = {'model': LABELS[name], 'seconds': seconds, 'repeats': runs, 'gflop': flops / 1e9}
-            out_fp32 = ours(mix)
+            out_fp32 = None
             if with_fp32:
-                out_reference = reference_forward(reference, mix)
+                outputs: Dict[str, torch.Tensor] = {}
                 times = interleaved({'ours': lambda: ours(mix),
-                                     'reference': lambda: reference_forward(reference, mix)}, runs)
+                                     'reference': lambda: reference_forward(reference, mix)}, runs, outputs)
+                out_fp32, out_reference = outputs['ours'], outputs['reference']
                 row.update(ours_s=statistics.median(times['ours']), reference_s=statistics.median(times['reference']),
                            times=times, max_abs_diff=float((out_fp32 - out_reference).abs().max()))
                 row['ratio'] = row['ours_s'] / row['reference_s']
@@ -147,8 +156,9 @@ def bench_inference(name: str, lengths: List[float], repeats: int, with_bf16: bo
                 def run_bf16():
                     with torch.autocast('cpu', dtype=torch.bfloat16):
                         return ours(mix)
-                out_bf16 = run_bf16()
-                times = interleaved({'bf16': run_bf16, 'fp32': lambda: ours(mix)}, runs)
+                outputs = {}
+                times = interleaved({'bf16': run_bf16, 'fp32': lambda: ours(mix)}, runs, outputs)
+                out_bf16, out_fp32 = outputs['bf16'], outputs['fp32']
                 row.update(bf16_s=statistics.median(times['bf16']), fp32_again_s=statistics.median(times['fp32']),
                            bf16_si_snr_db=si_snr_db(out_bf16.float(), out_fp32))
                 row['bf16_over_fp32'] = row['bf16_s'] / row['fp32_again_s']
@@ -309,6 +319,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     log(f'torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, '
         f'sections {args.sections}')
     result: Dict[str, Any] = {'torch': torch.__version__, 'threads': args.threads}
+    if 'memory' in args.sections:  # first, while this process is small (each step runs in a fresh process)
+        log('training memory ...')
+        result['memory'] = [bench_memory(name, args.threads) for name in args.models]
     if 'peak' in args.sections:
         result['peak'] = bench_peak()
     if 'inference' in args.sections or 'bf16' in args.sections:
@@ -320,9 +333,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     if 'train' in args.sections:
         log('training step ...')
         result['train'] = [bench_train(name, args.train_seconds, args.repeats) for name in args.models]
-    if 'memory' in args.sections:
-        log('training memory ...')
-        result['memory'] = [bench_memory(name, args.threads) for name in args.models]
     print_summary(result)
     failures = [f'{r["model"]} {r["seconds"]:g} s: max|diff| {r["max_abs_diff"]:.2e}'
                 for r in result.get('inference', []) if r.get('max_abs_diff', 0.0) > MAX_ABS_DIFF]
