@@ -88,12 +88,19 @@ def si_snr_db(estimate: torch.Tensor, target: torch.Tensor) -> float:
     return float(10 * torch.log10(projection.pow(2).sum() / (estimate - projection).pow(2).sum()))
 
 
+NUM_BLOCKS: Optional[int] = None  # --num-blocks: fewer blocks than released (smoke runs); None = released
+
+
+def config_of(name: str):
+    return CONFIGS[name]() if NUM_BLOCKS is None else CONFIGS[name](num_blocks=NUM_BLOCKS)
+
+
 def forward_flops(name: str, num_samples: int) -> int:
     """Matmul/conv FLOPs of one forward pass of our model (counted on the meta device)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device('meta'):
-        model = build_separator(CONFIGS[name]()).eval()
+        model = build_separator(config_of(name)).eval()
         mix = torch.empty(1, num_samples)
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         model(mix)
@@ -102,7 +109,7 @@ def forward_flops(name: str, num_samples: int) -> int:
 
 def build_pair(name: str):
     torch.manual_seed(0)
-    ours = build_separator(CONFIGS[name]()).eval()
+    ours = build_separator(config_of(name)).eval()
     reference = reference_with_weights_of(ours).eval()
     return ours, reference
 
@@ -225,7 +232,8 @@ def memory_child(spec: Dict[str, Any]) -> Dict[str, Any]:
 
     torch.set_num_threads(spec['threads'])
     torch.manual_seed(0)
-    model = build_separator(CONFIGS[spec['model']]()).train()
+    model = build_separator(CONFIGS[spec['model']](**({} if spec['num_blocks'] is None else
+                                                       {'num_blocks': spec['num_blocks']}))).train()
     model.activation_checkpointing = spec['checkpointing']
     mix = 0.1 * torch.randn(1, int(spec['seconds'] * RATE))
     with open('/proc/self/status') as handle:
@@ -240,7 +248,8 @@ def bench_memory(name: str, threads: int) -> Dict[str, Any]:
     for checkpointing in (False, True):
         steps = {}
         for seconds in (2.0, 4.0):
-            spec = {'model': name, 'seconds': seconds, 'checkpointing': checkpointing, 'threads': threads}
+            spec = {'model': name, 'seconds': seconds, 'checkpointing': checkpointing, 'threads': threads,
+                    'num_blocks': NUM_BLOCKS}
             proc = subprocess.run([sys.executable, __file__, '--child', json.dumps(spec)], capture_output=True,
                                   text=True, check=True)
             steps[seconds] = json.loads(proc.stdout.strip().splitlines()[-1])['step_mb']
@@ -297,6 +306,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--train-seconds', type=float, default=4.0, help='training segment length (default 4)')
     parser.add_argument('--threads', type=int, default=2, help='torch CPU threads (default 2)')
     parser.add_argument('--repeats', type=int, default=3, help='timed runs per configuration (default 3)')
+    parser.add_argument('--num-blocks', type=int, default=None,
+                        help='blocks per model (default: the released 24); fewer for a quick smoke run')
     parser.add_argument('--json', type=Path, default=None, help='also write the results to this JSON file')
     parser.add_argument('--child', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -311,14 +322,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    global NUM_BLOCKS
     args = parse_args(argv)
+    NUM_BLOCKS = args.num_blocks
     if args.child:
         print(json.dumps(memory_child(json.loads(args.child))))
         return 0
     torch.set_num_threads(args.threads)
     log(f'torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, '
         f'sections {args.sections}')
-    result: Dict[str, Any] = {'torch': torch.__version__, 'threads': args.threads}
+    result: Dict[str, Any] = {'torch': torch.__version__, 'threads': args.threads, 'num_blocks': NUM_BLOCKS}
     if 'memory' in args.sections:  # first, while this process is small (each step runs in a fresh process)
         log('training memory ...')
         result['memory'] = [bench_memory(name, args.threads) for name in args.models]

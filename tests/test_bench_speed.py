@@ -1,0 +1,27 @@
+"""bench/bench_speed.py runs end to end (one block per model, 1 s inputs) and reports sane figures."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_bench_speed_smoke_run_reports_every_section(tmp_path):
+    out = tmp_path / 'speed.json'
+    proc = subprocess.run(
+        [sys.executable, str(REPO / 'bench' / 'bench_speed.py'), '--num-blocks', '1', '--lengths', '1',
+         '--train-seconds', '0.5', '--repeats', '1', '--threads', '1', '--models', 'mossformer2', '--json', str(out)],
+        capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result['num_blocks'] == 1
+    assert result['peak']['matmul_gflops']['float32'] > 0
+    (row,) = result['inference']
+    assert row['max_abs_diff'] < 1e-4 and row['ours_s'] > 0 and row['reference_s'] > 0
+    assert row['bf16_si_snr_db'] > 20  # bf16 output close to the fp32 output
+    (train,) = result['train']
+    assert train['max_rel_grad_diff'] < 1e-3 and train['ours_s'] > 0
+    (memory,) = result['memory']
+    assert memory['plain']['step_mb_4s'] > 0 and memory['checkpointed']['step_mb_4s'] > 0
+    assert '== summary ==' in proc.stdout
