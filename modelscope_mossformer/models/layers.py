@@ -83,6 +83,12 @@ def _frames_as_nhwc(x: torch.Tensor) -> torch.Tensor:
 
 
 def _depthwise_nhwc(x: torch.Tensor, weight: torch.Tensor, padding: int, dilation: int) -> torch.Tensor:
+    if x.device.type == 'cpu' and x.shape[-1] < 32 and (
+            x.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled('cpu')):
+        # oneDNN's channels-last bf16 depthwise kernel hangs for fewer than ~24 channels (seen with
+        # 8 and 16 on torch 2.11); such narrow layers only occur in small test models
+        return F.conv1d(x.transpose(1, 2), weight, padding=padding, dilation=dilation,
+                        groups=weight.shape[0]).transpose(1, 2).contiguous()
     out = F.conv2d(_frames_as_nhwc(x.contiguous()), weight.unsqueeze(2), padding=(0, padding),
                    dilation=(1, dilation), groups=weight.shape[0])  # [B, C, 1, L]
     return out.squeeze(2).transpose(1, 2)  # [B, L, C], contiguous
