@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from modelscope_mossformer.models import MossFormer2Config, MossFormerConfig
-from modelscope_mossformer.models.checkpoint import released_state_dict
+from modelscope_mossformer.models.checkpoint import released_key, released_state_dict
 
 # ModelScope's MossFormer2 fixes these inside its classes.
 REFERENCE_M2_FIXED = dict(group_size=256, query_key_dim=128, expansion_factor=4.0, fsmn_inner_channels=256,
@@ -52,3 +52,12 @@ def reference_with_weights_of(ours: torch.nn.Module) -> torch.nn.Module:
 def reference_forward(reference: torch.nn.Module, mix: torch.Tensor) -> torch.Tensor:
     """Reference output in this package's layout [B, C, T] (the reference returns [B, T, C])."""
     return reference(mix).permute(0, 2, 1)
+
+
+def paired_gradients(ours: torch.nn.Module, reference: torch.nn.Module):
+    """(name, our gradient, the reference's gradient) for each of our parameters that has a gradient."""
+    family = 'mossformer2' if isinstance(ours.config, MossFormer2Config) else 'mossformer'
+    reference_parameters = dict(reference.named_parameters())
+    for name, parameter in ours.named_parameters():
+        if parameter.grad is not None:
+            yield name, parameter.grad, reference_parameters[released_key(name, family)].grad
