@@ -243,9 +243,13 @@ def resolve_device(name: str) -> str:
 
 
 def _model_dir(path: str) -> Path:
-    directory = Path(path).expanduser()
-    if not directory.is_dir():
-        raise UsageError(f'--model {path}: no such directory (expected a model dir with configuration.json)')
+    from .data.sources import HubUnavailableError
+    from .hub import resolve_model_dir
+
+    try:
+        directory = resolve_model_dir(path)
+    except (FileNotFoundError, HubUnavailableError) as err:
+        raise UsageError(f'--model {path}: {err}') from None
     if not (directory / 'configuration.json').is_file():
         raise UsageError(f'--model {path}: no configuration.json in this directory')
     return directory.resolve()
@@ -368,6 +372,10 @@ def _training_model_dir(config: str, work_dir: Path) -> Path:
             raise UsageError(f'--config {config}: no configuration.json in this directory')
         return path.resolve()
     if not path.is_file():
+        from .hub import is_hub_id
+
+        if is_hub_id(config):  # a hub id: its cached copy (or a download when online)
+            return _model_dir(config)
         raise UsageError(f'--config {config}: no such file or directory')
     try:
         json.loads(path.read_text())

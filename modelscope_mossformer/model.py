@@ -23,6 +23,8 @@ from .registration import register
 logger = logging.getLogger(__name__)
 
 CONFIGURATION_FILE = 'configuration.json'
+# top-level configuration.json key naming this package and what loading the directory needs
+PACKAGE_KEY = 'modelscope_mossformer'
 # Field names written under the released configuration's key names, so that
 # ModelScope's own classes can read the configuration of a model we trained.
 _RELEASED_NAMES = {'enc_channels': 'in_channels', 'enc_kernel_size': 'kernel_size', 'enc_stride': 'stride',
@@ -73,6 +75,24 @@ class MossFormerSeparation(TorchModel):
     def sample_rate(self) -> int:
         return self.config.sample_rate
 
+    @classmethod
+    def from_pretrained(cls, model_name_or_path: Union[str, os.PathLike], *args: Any,
+                        **kwargs: Any) -> 'MossFormerSeparation':
+        """`Model.from_pretrained` that resolves a hub id from ModelScope's local cache without network access.
+
+        A directory loads as it is; a hub id already cached loads offline; an uncached hub id downloads when
+        the hub is reachable and otherwise fails within seconds naming what to do (`hub.resolve_model_dir`).
+
+        Raises:
+            TypeError: ModelScope built another class for the directory's model type (its registry holds
+                another stack, e.g. ModelScope's built-in MossFormer).
+        """
+        from .hub import resolve_model_dir
+
+        directory = resolve_model_dir(model_name_or_path)
+        model = super().from_pretrained(str(directory), *args, **kwargs)
+        return ensure_ours(model, directory)
+
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """[B, T] mixtures -> [B, C, T] estimated sources."""
         return self.separator(inputs)
@@ -118,11 +138,41 @@ class MossFormerSeparation(TorchModel):
         if self.model_dir and (Path(self.model_dir) / CONFIGURATION_FILE).is_file():
             configuration = read_configuration(self.model_dir)
         configuration.update({'framework': 'pytorch', 'task': TASK, 'model': self.model_section(),
-                              'pipeline': {'type': self.model_type}})
+                              'pipeline': {'type': self.model_type}, PACKAGE_KEY: package_note()})
         configuration.update(dict(extra_configuration or {}))
         written = save_released(self.separator, directory)
         written.append(write_configuration(directory, configuration))
         return written
+
+
+def package_note() -> Dict[str, str]:
+    """What a directory written by this package needs (a top-level configuration.json key ModelScope ignores)."""
+    from . import __version__
+
+    return {'version': __version__,
+            'requires': 'pip install modelscope_mossformer, then `import modelscope_mossformer` before '
+                        'ModelScope\'s pipeline() / build_trainer() / Model.from_pretrained(); without it '
+                        'ModelScope builds its own MossFormer classes (8 kHz types) or reports the type as '
+                        'unregistered (16 kHz types)'}
+
+
+def ensure_ours(model: Any, model_dir: Union[str, os.PathLike]) -> 'MossFormerSeparation':
+    """`model` if ModelScope built this package's class, else a TypeError saying which stack is active."""
+    if isinstance(model, MossFormerSeparation):
+        return model
+    kind = type(model)
+    raise TypeError(
+        f'{Path(model_dir) / CONFIGURATION_FILE}: ModelScope built {kind.__module__}.{kind.__qualname__} for this '
+        f'model type instead of modelscope_mossformer\'s model: its registry holds another stack. Run '
+        f'`import modelscope_mossformer` in this process before building models, and do not register other '
+        f'classes under the names in modelscope_mossformer.metainfo.Models afterwards.')
+
+
+def load_model_dir(model_dir: Union[str, os.PathLike], **kwargs: Any) -> 'MossFormerSeparation':
+    """Build the registered model for a local model dir through ModelScope, checking that it is ours."""
+    from modelscope.models import Model
+
+    return ensure_ours(Model.from_pretrained(str(model_dir), **kwargs), model_dir)
 
 
 def read_configuration(model_dir: Union[str, os.PathLike]) -> Dict[str, Any]:

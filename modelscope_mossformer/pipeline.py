@@ -26,6 +26,7 @@ from modelscope.pipelines.builder import PIPELINES
 from .data.audio import AudioError, read_audio, resample, to_mono
 from .inference import SeparationEngine, match_mixture_level
 from .metainfo import MODEL_TYPES, TASK
+from .model import ensure_ours
 from .registration import register
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class MossFormerSeparationPipeline(Pipeline):
     def __init__(self, model: Any, chunk_seconds: Optional[float] = 8.0, overlap_seconds: float = 1.0,
                  precision: str = 'fp32', **kwargs: Any) -> None:
         super().__init__(model=model, **kwargs)
+        self.model = ensure_ours(self.model, getattr(self.model, 'model_dir', None) or str(model))
         if self.model.weights_source is None:
             raise FileNotFoundError(f'{self.model.model_dir}: the model dir holds no weights to separate with')
         self.model.eval()

@@ -21,7 +21,7 @@ def build_preset(name: str) -> Dict[str, Any]:
     from .model import MossFormerSeparation
     from .models import mossformer2_base, mossformer_large
     from .metainfo import model_type_for
-    from .trainer import DEFAULT_TRAIN_CONFIG
+    from .train_config import DEFAULT_TRAIN_CONFIG, released_spelling
 
     if name not in PRESETS:
         raise ValueError(f'unknown preset {name!r}; choose one of {PRESETS}')
@@ -30,7 +30,7 @@ def build_preset(name: str) -> Dict[str, Any]:
     model_type = model_type_for(config.family, config.sample_rate)
     section = MossFormerSeparation.section_for(config, model_type)
     return {'framework': 'pytorch', 'task': 'speech-separation', 'model': section,
-            'pipeline': {'type': model_type}, 'train': DEFAULT_TRAIN_CONFIG}
+            'pipeline': {'type': model_type}, 'train': released_spelling(DEFAULT_TRAIN_CONFIG)}
 
 
 def load_preset(name: str) -> Dict[str, Any]:
@@ -44,6 +44,7 @@ def write_model_dir(name: str, directory: Union[str, os.PathLike], model: Option
                     train: Optional[Dict[str, Any]] = None) -> Path:
     """Write a preset (with optional `model` / `train` key overrides) as a model dir's configuration.json."""
     from .models.configs import MossFormerConfig
+    from .train_config import released_spelling, resolve_train_config
 
     configuration = load_preset(name)
     section = configuration['model']
@@ -54,9 +55,10 @@ def write_model_dir(name: str, directory: Union[str, os.PathLike], model: Option
             section[alias] = value
         if not released:
             section[key] = value
-    configuration['train'].update(train or {})
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / 'configuration.json'
+    configuration['train'] = released_spelling(resolve_train_config(
+        (configuration['train'], f'preset {name}'), (train, 'the train argument')))
+    directory.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(configuration, indent=4) + '\n')
     return path

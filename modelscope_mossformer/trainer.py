@@ -4,7 +4,9 @@ The training loop, mixed precision, gradient accumulation, the non-finite loss
 guard, DDP, progress bars and checkpoint recovery are SpeechBrain's `Brain`;
 `SeparationBrain` adds only what is specific to separation (PIT SI-SNR, the
 plateau schedule, best-model export).  No hparams.yaml is needed: settings come
-from the ``train`` section of configuration.json over `DEFAULT_TRAIN_CONFIG`.
+from the ``train`` section of configuration.json over `DEFAULT_TRAIN_CONFIG`, in
+this package's spelling or the released one (`train_config` maps every released
+key; a released model dir's hparams.yaml is not read).
 
 Files in ``work_dir``:
     save/CKPT+<time>/   SpeechBrain checkpoints (latest and best by validation SI-SNR),
@@ -21,6 +23,7 @@ import copy
 import csv
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -34,61 +37,18 @@ from modelscope.trainers.builder import TRAINERS
 from modelscope.trainers.base import BaseTrainer
 
 from .data.dataset import AugmentConfig, SeparationDataset, collate_separation
-from .data.sources import HubUnavailableError, hub_reachable, load_split
+from .data.sources import load_split
+from .hub import resolve_model_dir
 from .metainfo import Trainers
 from .metrics import pit_si_snr, pit_si_snr_loss, separation_scores
-from .model import MossFormerSeparation, read_configuration, write_configuration
+from .model import MossFormerSeparation, load_model_dir, read_configuration, write_configuration
 from .models import build_separator
 from .models.checkpoint import load_weights
 from .registration import register
+from .train_config import (DEFAULT_TRAIN_CONFIG, merge_config, modified_section, released_spelling,  # noqa: F401
+                           resolve_train_config)
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_TRAIN_CONFIG: Dict[str, Any] = {
-    # schedule (the released recipe)
-    'max_epochs': 200,
-    'lr': 1.5e-4,
-    'fine_tune_lr': 5e-5,  # used instead of lr when init_checkpoint is set
-    'weight_decay': 0.0,
-    'max_grad_norm': 5.0,
-    'lr_scheduler': {'factor': 0.5, 'patience': 2, 'dont_halve_until_epoch': 85, 'lr_min': 1e-8},
-    'loss_threshold_db': 30.0,  # examples separated better than this are left out of the loss
-    # data
-    'batch_size': 1,
-    'eval_batch_size': 1,
-    'num_workers': 0,
-    'segment_seconds': 4.0,
-    'augment': {'dynamic_mixing': False, 'dm_gain_db': [-5.0, 5.0], 'speed_perturb': False,
-                'speeds': [95.0, 100.0, 105.0], 'random_gain_db': None},
-    'bad_example_policy': 'raise',
-    # SpeechBrain run options
-    'precision': 'fp32',
-    'eval_precision': 'fp32',
-    'grad_accumulation_factor': 1,
-    'activation_checkpointing': False,  # recompute each block in backward: ~half the memory, ~1.4x the step time
-    'nonfinite_patience': 3,
-    'ckpt_interval_minutes': 0,
-    'ckpt_interval_steps': 0,
-    'progressbar': True,
-    'distributed_backend': None,  # nccl on CUDA, gloo on CPU when None
-    # runs
-    'seed': 1234,
-    'init_checkpoint': None,
-}
-
-
-def merge_config(base: Mapping[str, Any], override: Mapping[str, Any], where: str = 'train') -> Dict[str, Any]:
-    """Recursively override `base`; unknown keys raise ValueError naming the full key."""
-    merged = copy.deepcopy(dict(base))
-    for key, value in override.items():
-        if key not in base:
-            raise ValueError(f'unknown configuration key {where}.{key}; known: {sorted(base)}')
-        if isinstance(base[key], Mapping) and isinstance(value, Mapping):
-            merged[key] = merge_config(base[key], value, f'{where}.{key}')
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
 
 def _is_main_process() -> bool:
     return int(os.environ.get('RANK', '0')) == 0
@@ -245,19 +205,7 @@ def _resolve_model(model: Any, device: Optional[str]) -> MossFormerSeparation:
         return adapter
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f'model must be a model dir, a hub id or a MossFormerSeparation, got {type(model).__name__}')
-    from modelscope.models import Model
-
-    path = Path(os.path.expanduser(str(model)))
-    if path.is_dir():
-        return Model.from_pretrained(str(path.resolve()))
-    if path.exists():
-        raise ValueError(f'{path}: a model must be a directory with a configuration.json')
-    if not hub_reachable():
-        raise HubUnavailableError(f'{model!r} is not a local directory and the ModelScope hub is not reachable; '
-                                  'pass a local model dir (configuration.json, optional weights)')
-    from modelscope.hub.snapshot_download import snapshot_download
-
-    return Model.from_pretrained(snapshot_download(str(model)))
+    return load_model_dir(resolve_model_dir(model))
 
 
 class SpeechSeparationTrainer(BaseTrainer):
@@ -288,22 +236,30 @@ class SpeechSeparationTrainer(BaseTrainer):
         self.model = _resolve_model(model, self.device)
         # a model dir without weights gives random ones, drawn before the run's seed is known
         self._redraw_initial_weights = isinstance(model, (str, os.PathLike)) and self.model.weights_source is None
-        configuration = (read_configuration(self.model.model_dir) if self.model.model_dir
-                         and (Path(self.model.model_dir) / 'configuration.json').is_file() else {})
+        model_dir = Path(self.model.model_dir) if self.model.model_dir else None
+        config_path = model_dir / 'configuration.json' if model_dir else None
+        configuration = read_configuration(model_dir) if config_path and config_path.is_file() else {}
+        if model_dir and (model_dir / 'hparams.yaml').is_file():
+            logger.info('%s: not read; this trainer takes its settings from the train section of '
+                        'configuration.json (SpeechBrain hparams files are for ModelScope\'s built-in trainer)',
+                        model_dir / 'hparams.yaml')
         shortcuts = {k: v for k, v in {'max_epochs': max_epochs, 'seed': seed,
                                        'init_checkpoint': init_checkpoint}.items() if v is not None}
-        train_cfg = merge_config(DEFAULT_TRAIN_CONFIG, configuration.get('train') or {})
-        train_cfg = merge_config(train_cfg, dict(train or {}))
-        train_cfg = merge_config(train_cfg, shortcuts)
+        train_cfg = resolve_train_config((configuration.get('train'), str(config_path or 'model configuration')),
+                                         (train, 'the train argument'), (shortcuts, 'the trainer arguments'))
         configuration.update({'framework': 'pytorch', 'task': 'speech-separation',
-                              'model': self.model.model_section(), 'train': train_cfg})
+                              'model': self.model.model_section(), 'train': released_spelling(train_cfg)})
         if cfg_modify_fn is not None:
             from modelscope.utils.config import Config
 
+            handed = copy.deepcopy(configuration)
             modified = cfg_modify_fn(Config(copy.deepcopy(configuration)))
             configuration = modified.to_dict() if hasattr(modified, 'to_dict') else dict(modified)
-            configuration['train'] = merge_config(DEFAULT_TRAIN_CONFIG, configuration.get('train') or {})
-        self.train_cfg = configuration['train']
+            source = 'the configuration returned by cfg_modify_fn'
+            train_cfg = resolve_train_config(
+                (modified_section(handed['train'], configuration.get('train') or {}, source), source))
+            configuration['train'] = released_spelling(train_cfg)
+        self.train_cfg = train_cfg
         if kwargs:
             logger.info('ignoring trainer arguments %s', sorted(kwargs))
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -335,9 +291,9 @@ class SpeechSeparationTrainer(BaseTrainer):
         if not any(getattr(h, 'baseFilename', None) == str(path) for h in package_logger.handlers):
             handler = logging.FileHandler(path)
             handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
+            # no logger's level is touched: log.txt receives what the application's logging settings let
+            # through (all INFO lines once `modelscope_mossformer`'s logger is set to INFO)
             package_logger.addHandler(handler)
-            if package_logger.level == logging.NOTSET or package_logger.level > logging.INFO:
-                package_logger.setLevel(logging.INFO)
 
     def _dataset(self, source: Any, split: str, train: bool) -> SeparationDataset:
         if source is None:
@@ -367,7 +323,8 @@ class SpeechSeparationTrainer(BaseTrainer):
         backend = cfg['distributed_backend'] or ('nccl' if self.device.startswith('cuda') else 'gloo')
         return RunOptions.from_dictionary({
             'device': self.device, 'precision': cfg['precision'], 'eval_precision': cfg['eval_precision'],
-            'max_grad_norm': cfg['max_grad_norm'], 'nonfinite_patience': cfg['nonfinite_patience'],
+            'max_grad_norm': math.inf if cfg['max_grad_norm'] is None else cfg['max_grad_norm'],
+            'nonfinite_patience': cfg['nonfinite_patience'],
             'grad_accumulation_factor': cfg['grad_accumulation_factor'],
             'ckpt_interval_minutes': cfg['ckpt_interval_minutes'], 'ckpt_interval_steps': cfg['ckpt_interval_steps'],
             'noprogressbar': not cfg['progressbar'], 'distributed_backend': backend})
@@ -477,7 +434,7 @@ class SpeechSeparationTrainer(BaseTrainer):
         old = self.work_dir / '.best_model.old'
         shutil.rmtree(tmp, ignore_errors=True)
         self.model.save_model_dir(tmp, extra_configuration={'train_result': dict(record),
-                                                            'train': self.train_cfg})
+                                                            'train': released_spelling(self.train_cfg)})
         if self.best_model_dir.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.rename(self.best_model_dir, old)

@@ -8,7 +8,7 @@ from modelscope.models import Model
 from modelscope_mossformer.model import MossFormerSeparation
 from modelscope_mossformer.models import mossformer2_base, mossformer_large
 from modelscope_mossformer.presets import PRESETS, build_preset, load_preset, write_model_dir
-from modelscope_mossformer.trainer import DEFAULT_TRAIN_CONFIG
+from modelscope_mossformer.train_config import DEFAULT_TRAIN_CONFIG, released_spelling
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +20,7 @@ def test_shipped_presets_match_the_code(name):
 
 def test_top_level_configuration_is_the_default_mossformer_8k():
     assert json.loads((REPO_ROOT / 'configuration.json').read_text()) == load_preset('mossformer_8k')
-    assert load_preset('mossformer_8k')['train'] == json.loads(json.dumps(DEFAULT_TRAIN_CONFIG))
+    assert load_preset('mossformer_8k')['train'] == json.loads(json.dumps(released_spelling(DEFAULT_TRAIN_CONFIG)))
 
 
 def test_the_repository_is_a_model_dir():

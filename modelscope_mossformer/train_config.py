@@ -1,0 +1,208 @@
+"""The ``train`` section of configuration.json: defaults, released spellings, merging, validation.
+
+This package's own keys are flat (``lr``, ``weight_decay``, ``max_grad_norm``...).  The released
+MossFormer configuration.json (and ModelScope's built-in ``SeparationTrainer``, which reads it) spells
+three of them inside an ``optimizer`` block; both spellings are accepted on input:
+
+==========================================  ==========================  =====================================
+released key                                this package                notes
+==========================================  ==========================  =====================================
+``train.max_epochs``                        ``max_epochs``              same name
+``train.seed``                              ``seed``                    same name
+``train.optimizer.type``                    (Adam)                      only ``Adam`` is supported
+``train.optimizer.lr``                      ``lr``
+``train.optimizer.weight_decay``            ``weight_decay``            Adam's L2 term, as in the built-in
+``train.optimizer.clip_grad_norm``          ``max_grad_norm``           negative: no clipping (``null``); 0 is
+                                                                        refused (it zeroes every gradient)
+``train.lr_scheduler.type``                 (ReduceLROnPlateau)         only ReduceLROnPlateau is supported
+``train.lr_scheduler.factor``               ``lr_scheduler.factor``     same name
+``train.lr_scheduler.patience``             ``lr_scheduler.patience``   same name
+``train.lr_scheduler.dont_halve_until_epoch``  same name
+==========================================  ==========================  =====================================
+
+A section that gives one setting in both spellings with different values is an error.  The sections this
+package writes (``work_dir/configuration.json``, ``best_model/configuration.json``) use the released
+spelling for these keys, so ModelScope's built-in trainer reads them too, and this package's spelling for
+everything else.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+DEFAULT_TRAIN_CONFIG: Dict[str, Any] = {
+    # schedule (the released recipe)
+    'max_epochs': 200,
+    'lr': 1.5e-4,
+    'fine_tune_lr': 5e-5,  # used instead of lr when init_checkpoint is set
+    'weight_decay': 0.0,
+    'max_grad_norm': 5.0,  # null: no clipping
+    'lr_scheduler': {'factor': 0.5, 'patience': 2, 'dont_halve_until_epoch': 85, 'lr_min': 1e-8},
+    'loss_threshold_db': 30.0,  # examples separated better than this are left out of the loss
+    # data
+    'batch_size': 1,
+    'eval_batch_size': 1,
+    'num_workers': 0,
+    'segment_seconds': 4.0,
+    'augment': {'dynamic_mixing': False, 'dm_gain_db': [-5.0, 5.0], 'speed_perturb': False,
+                'speeds': [95.0, 100.0, 105.0], 'random_gain_db': None},
+    'bad_example_policy': 'raise',
+    # SpeechBrain run options
+    'precision': 'fp32',
+    'eval_precision': 'fp32',
+    'grad_accumulation_factor': 1,
+    'activation_checkpointing': False,  # recompute each block in backward: ~half the memory, ~1.4x the step time
+    'nonfinite_patience': 3,
+    'ckpt_interval_minutes': 0,
+    'ckpt_interval_steps': 0,
+    'progressbar': True,
+    'distributed_backend': None,  # nccl on CUDA, gloo on CPU when None
+    # runs
+    'seed': 1234,
+    'init_checkpoint': None,
+}
+
+SUPPORTED_OPTIMIZERS = ('Adam',)
+SUPPORTED_SCHEDULERS = ('ReduceLROnPlateau',)
+# optimizer.<released key> -> this package's key
+OPTIMIZER_KEYS = {'lr': 'lr', 'weight_decay': 'weight_decay', 'clip_grad_norm': 'max_grad_norm'}
+
+
+def merge_config(base: Mapping[str, Any], override: Mapping[str, Any], where: str = 'train') -> Dict[str, Any]:
+    """Recursively override `base`; unknown keys raise ValueError naming the full key."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if key not in base:
+            raise ValueError(f'unknown configuration key {where}.{key}; known: {sorted(base)}')
+        if isinstance(base[key], Mapping) and isinstance(value, Mapping):
+            merged[key] = merge_config(base[key], value, f'{where}.{key}')
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _grad_norm_from_released(value: Any, where: str) -> Optional[float]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f'{where}: clip_grad_norm must be a number, got {value!r}')
+    if value == 0:
+        raise ValueError(f'{where}: clip_grad_norm 0 would scale every gradient to zero (ModelScope\'s built-in '
+                         'trainer clips to norm 0); use a positive norm, or a negative value for no clipping')
+    return None if value < 0 else float(value)
+
+
+def normalise_train_section(section: Optional[Mapping[str, Any]], source: str) -> Dict[str, Any]:
+    """Translate one ``train`` section's released spellings to this package's keys.
+
+    Args:
+        section: the section as written (released keys, this package's keys, or both).
+        source: where it came from (a file path or 'train argument'), used in every error.
+
+    Raises:
+        ValueError: an optimizer or scheduler this trainer cannot honour, an unknown ``optimizer`` key,
+            or one setting given in both spellings with different values; the message names the key,
+            `source` and what is supported.
+    """
+    out = copy.deepcopy(dict(section or {}))
+    optimizer = out.pop('optimizer', None)
+    if optimizer is not None:
+        if not isinstance(optimizer, Mapping):
+            raise ValueError(f'{source}: train.optimizer must be an object with keys type, '
+                             f'{", ".join(OPTIMIZER_KEYS)}; got {optimizer!r}')
+        optimizer = dict(optimizer)
+        kind = optimizer.pop('type', 'Adam')
+        if str(kind).lower() not in {name.lower() for name in SUPPORTED_OPTIMIZERS}:
+            raise ValueError(f'{source}: train.optimizer.type {kind!r} is not supported by this trainer; '
+                             f'supported: {list(SUPPORTED_OPTIMIZERS)}')
+        for key, value in optimizer.items():
+            if key not in OPTIMIZER_KEYS:
+                raise ValueError(f'{source}: unknown key train.optimizer.{key}; this trainer honours '
+                                 f'train.optimizer.{{type, {", ".join(OPTIMIZER_KEYS)}}}')
+            ours = OPTIMIZER_KEYS[key]
+            if ours == 'max_grad_norm':
+                value = _grad_norm_from_released(value, f'{source}: train.optimizer')
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f'{source}: train.optimizer.{key} must be a number, got {value!r}')
+            else:
+                value = float(value)
+            if ours in out and out[ours] != value:
+                raise ValueError(f'{source}: train.optimizer.{key}={optimizer[key]!r} and train.{ours}={out[ours]!r} '
+                                 'are the same setting in two spellings with different values; give one')
+            out[ours] = value
+    scheduler = out.get('lr_scheduler')
+    if isinstance(scheduler, Mapping) and 'type' in scheduler:
+        scheduler = dict(scheduler)
+        kind = scheduler.pop('type')
+        if kind not in SUPPORTED_SCHEDULERS:
+            raise ValueError(f'{source}: train.lr_scheduler.type {kind!r} is not supported by this trainer; '
+                             f'supported: {list(SUPPORTED_SCHEDULERS)} (factor, patience, '
+                             'dont_halve_until_epoch, lr_min)')
+        out['lr_scheduler'] = scheduler
+    return out
+
+
+def validate_train_config(cfg: Mapping[str, Any], source: str) -> None:
+    """Raise ValueError naming the key when a value cannot be honoured."""
+    def positive(key: str, value: Any, integer: bool = False) -> None:
+        kinds = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0 or \
+                (not integer and not math.isfinite(value)):
+            what = 'a positive integer' if integer else 'a positive finite number'
+            raise ValueError(f'{source}: train.{key} must be {what}, got {value!r}')
+
+    positive('max_epochs', cfg['max_epochs'], integer=True)
+    positive('lr', cfg['lr'])
+    positive('fine_tune_lr', cfg['fine_tune_lr'])
+    positive('batch_size', cfg['batch_size'], integer=True)
+    positive('eval_batch_size', cfg['eval_batch_size'], integer=True)
+    if cfg['max_grad_norm'] is not None:
+        positive('max_grad_norm', cfg['max_grad_norm'])
+    weight_decay = cfg['weight_decay']
+    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
+        raise ValueError(f'{source}: train.weight_decay must be a number >= 0, got {weight_decay!r}')
+    if isinstance(cfg['seed'], bool) or not isinstance(cfg['seed'], int):
+        raise ValueError(f'{source}: train.seed must be an integer, got {cfg["seed"]!r}')
+
+
+def resolve_train_config(*layers: Tuple[Optional[Mapping[str, Any]], str]) -> Dict[str, Any]:
+    """Defaults overridden by each (section, source) layer in turn, released spellings translated."""
+    cfg = copy.deepcopy(DEFAULT_TRAIN_CONFIG)
+    for section, source in layers:
+        cfg = merge_config(cfg, normalise_train_section(section, source), 'train')
+    validate_train_config(cfg, ' then '.join(source for _, source in layers) or 'train defaults')
+    return cfg
+
+
+def released_spelling(cfg: Mapping[str, Any]) -> Dict[str, Any]:
+    """The section as written to disk: the released ``optimizer`` block instead of lr / weight_decay /
+    max_grad_norm, so that ModelScope's built-in trainer reads it as well."""
+    out = copy.deepcopy(dict(cfg))
+    optimizer: Dict[str, Any] = {'type': 'Adam'}
+    for released, ours in OPTIMIZER_KEYS.items():
+        value = out.pop(ours)
+        optimizer[released] = -1.0 if ours == 'max_grad_norm' and value is None else value
+    ordered: Dict[str, Any] = {}
+    for key, value in out.items():
+        ordered[key] = value
+        if key == 'max_epochs':
+            ordered['optimizer'] = optimizer
+    ordered.setdefault('optimizer', optimizer)
+    return ordered
+
+
+def modified_section(before: Mapping[str, Any], after: Mapping[str, Any], source: str) -> Dict[str, Any]:
+    """A section edited by a user's `cfg_modify_fn` (handed `before`, in the released spelling).
+
+    A user may set either spelling (``cfg.train.lr`` or ``cfg.train.optimizer.lr``); the one that changed
+    wins.  Setting both to different new values is the two-spellings error.
+    """
+    after = copy.deepcopy(dict(after))
+    optimizer = after.get('optimizer')
+    old_optimizer = before.get('optimizer') or {}
+    if isinstance(optimizer, Mapping):
+        optimizer = dict(optimizer)
+        for released, ours in OPTIMIZER_KEYS.items():
+            if ours in after and released in optimizer and optimizer[released] == old_optimizer.get(released):
+                del optimizer[released]  # only our spelling was edited
+        after['optimizer'] = optimizer
+    return normalise_train_section(after, source)
