@@ -5,8 +5,8 @@
 1. scan: one pass over the file in blocks finds non-finite samples (an error
    before anything is written), digital silence and clipping;
 2. separate: blocks are read with soundfile, downmixed to mono, resampled to the
-   model's rate (`StreamResampler`: per block, with enough context samples on
-   both sides that the result equals resampling the whole file), cut into the
+   model's rate (`StreamResampler`: per block, soxr's streaming resampler, so that
+   the result equals resampling the whole file), cut into the
    engine's overlapping chunks, separated, speaker-aligned and cross-faded, then
    resampled back to the file's rate and appended to float32 temporary files;
 3. level: the statistics of step 2 give the single gain that
@@ -41,7 +41,8 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import numpy as np
 import torch
 
-from .data.audio import AudioError, _resampler, audio_info, read_audio, resample
+from .data.audio import (RESAMPLE_QUALITY, AudioError, _as_frames, _check_rates, _flush_padding, _to_tensor,
+                         audio_info, read_audio, resampled_length)
 from .data.manifest import AUDIO_SUFFIXES, MIX_COLUMN, load_manifest
 from .inference import SeparationEngine
 
@@ -67,72 +68,74 @@ OUTPUT_SUBTYPES = ('PCM_16', 'PCM_24', 'FLOAT')
 class StreamResampler:
     """Resamples a signal that arrives in blocks; the output equals resampling it whole.
 
-    The sinc resampler computes output frame f (of `new` samples, rates reduced by
-    their gcd) from input samples [f*orig - width, (f+1)*orig + width).  Blocks
-    are therefore cut at multiples of `orig` input samples and resampled with
-    `context` samples (>= width + orig) of the neighbouring input on each side;
-    the start of the signal gets zeros, as whole-signal resampling pads it.
+    A soxr stream (the same resampler and quality as `data.audio.resample`) keeps
+    its own filter history between blocks, so the concatenated output is the
+    whole-signal output sample for sample (no context to re-read, for any pair of
+    rates).  `finish` flushes it with the same zero padding as `resample` and
+    trims the total to `resampled_length(pushed, orig, new)` samples, so the
+    streamed and the whole-signal results have the same length too.
 
     Args:
         orig_rate: rate of the pushed blocks.
         new_rate: rate of the returned blocks.
 
-    Blocks are [..., n] tensors; leading dimensions (speakers) must not change.
+    Blocks are [..., n] floating-point tensors; leading dimensions (speakers)
+    must not change between blocks.
     """
 
     def __init__(self, orig_rate: int, new_rate: int) -> None:
-        self.orig_rate = int(orig_rate)
-        self.new_rate = int(new_rate)
-        self.identity = self.orig_rate == self.new_rate
-        gcd = math.gcd(self.orig_rate, self.new_rate)
-        self.step_in = self.orig_rate // gcd  # input samples per resampling frame
-        self.step_out = self.new_rate // gcd  # output samples per resampling frame
-        width = 0 if self.identity else int(_resampler(self.orig_rate, self.new_rate).width)
-        self.context = -(-(width + self.step_in) // self.step_in) * self.step_in  # multiple of step_in
-        self.buffer: Optional[torch.Tensor] = None  # input from absolute sample `buffer_start` on
-        self.buffer_start = -self.context
-        self.done = 0  # input samples whose output has been returned (a multiple of step_in)
+        self.identity = orig_rate == new_rate
+        self.orig_rate, self.new_rate = (int(orig_rate), int(new_rate)) if self.identity else \
+            _check_rates(orig_rate, new_rate)
+        self._stream: Any = None
+        self._shape: Optional[Tuple[int, ...]] = None  # leading dimensions of the first block
+        self._like: Optional[torch.Tensor] = None  # an empty slice of the first block: dtype and device
+        self._dtype: Any = None  # numpy dtype the stream runs in
+        self.pushed = 0  # input samples per channel
+        self.emitted = 0  # output samples per channel returned so far
 
-    def _output_length(self, num_inputs: int) -> int:
-        return -(-num_inputs * self.step_out // self.step_in)  # ceil, as the resampler crops
+    def _frames(self, block: torch.Tensor) -> np.ndarray:
+        """[..., n] block -> [n, channels] array in the stream's dtype (C-contiguous, as soxr streams take)."""
+        frames, _ = _as_frames(block)
+        if self._stream is None:
+            import soxr
 
-    def _resample_span(self, end: Optional[int]) -> torch.Tensor:
-        """Output for input [done, end) (to the end of the buffer when None)."""
-        first = self.done - self.context - self.buffer_start
-        last = None if end is None else end + self.context - self.buffer_start
-        segment = self.buffer[..., first:last].contiguous()
-        out = resample(segment, self.orig_rate, self.new_rate)
-        skip = self.context // self.step_in * self.step_out
-        count = (self._output_length(self.buffer_start + self.buffer.shape[-1] - self.done) if end is None
-                 else (end - self.done) // self.step_in * self.step_out)
-        return out[..., skip:skip + count]
+            self._shape = tuple(block.shape[:-1])
+            self._like = block[..., :0]
+            self._stream = soxr.ResampleStream(self.orig_rate, self.new_rate, frames.shape[0],
+                                               dtype=frames.dtype, quality=RESAMPLE_QUALITY)
+            self._dtype = frames.dtype
+        elif tuple(block.shape[:-1]) != self._shape:
+            raise ValueError(f'StreamResampler: block of shape {tuple(block.shape)} after blocks of leading '
+                             f'shape {self._shape}; the channels must not change')
+        return np.ascontiguousarray(frames.T, dtype=self._dtype)
+
+    def _emit(self, frames: np.ndarray, limit: Optional[int] = None) -> torch.Tensor:
+        count = frames.shape[0] if limit is None else max(0, min(frames.shape[0], limit - self.emitted))
+        self.emitted += count
+        return _to_tensor(frames, self._like, self._like.dtype, count)
 
     def push(self, block: torch.Tensor) -> torch.Tensor:
         """Add input [..., n]; returns the output samples that are final now."""
         if self.identity:
             return block
-        if self.buffer is None:
-            self.buffer = block.new_zeros(block.shape[:-1] + (self.context,))
-        self.buffer = torch.cat((self.buffer, block), dim=-1)
-        available = self.buffer_start + self.buffer.shape[-1]
-        end = (available - self.context) // self.step_in * self.step_in
-        if end <= self.done:
-            return block.new_zeros(block.shape[:-1] + (0,))
-        out = self._resample_span(end)
-        self.done = end
-        drop = self.done - self.context - self.buffer_start
-        self.buffer = self.buffer[..., drop:]
-        self.buffer_start += drop
-        return out
+        frames = self._frames(block)
+        self.pushed += frames.shape[0]
+        return self._emit(self._stream.resample_chunk(frames))
 
     def finish(self) -> Optional[torch.Tensor]:
         """The remaining output (None when nothing was pushed)."""
-        if self.identity or self.buffer is None:
+        if self.identity or self._stream is None:
             return None
-        if self.buffer_start + self.buffer.shape[-1] <= self.done:
-            return self.buffer[..., :0]
-        out = self._resample_span(None)
-        self.buffer = None
+        channels = int(np.prod(self._shape, dtype=np.int64))
+        zeros = np.zeros((_flush_padding(self.orig_rate, self.new_rate), channels), self._dtype)
+        tail = self._stream.resample_chunk(zeros, last=True)
+        total = resampled_length(self.pushed, self.orig_rate, self.new_rate)
+        if self.emitted > total:  # soxr returned more than the whole-signal length before the flush
+            raise RuntimeError(f'StreamResampler: {self.emitted} samples returned for {self.pushed} inputs '
+                               f'({self.orig_rate} -> {self.new_rate} Hz), more than the {total} expected')
+        out = self._emit(tail, limit=total)
+        self._stream = None
         return out
 
 
