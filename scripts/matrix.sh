@@ -14,8 +14,8 @@
 # plain         3.11    pip install . ; pip install pytest hypothesis pytest-timeout   (no constraints)
 #
 # Each cell's venv lives at ${MOSSFORMER_MATRIX_ROOT:-$HOME/.cache/modelscope_mossformer/matrix}/<cell>-<hash>,
-# <hash> covering setup.cfg, pyproject.toml, the cell's constraints file(s), this script and the Python
-# version; a cached venv only gets this package reinstalled (no dependencies, offline, seconds). The package
+# <hash> covering setup.cfg, pyproject.toml, the cell's constraints file(s), the install steps of this script
+# (build_cell) and the Python version; a cached venv only gets this package reinstalled (no dependencies, offline, seconds). The package
 # is installed as a normal (non-editable) install and the smoke suite runs from a copy of tests/ outside the
 # source tree, so it exercises the installed package. In each cell: `pip check`, then
 # `pytest tests/test_smoke_matrix.py`. A results table (markdown) is printed at the end and written to
@@ -53,14 +53,16 @@ cell_constraints() {  # the constraints files the cell reads (for its hash and i
     esac
 }
 
+runs() { "$1" -c 'import sys' >/dev/null 2>&1; }
+
 find_python() {
-    local version="$1" var="MATRIX_PYTHON_${1//./_}"
+    local version="$1" var="MATRIX_PYTHON_${1//./_}" candidate
     if [[ -n "${!var:-}" ]]; then echo "${!var}"; return; fi
-    if command -v "python$version" >/dev/null 2>&1; then command -v "python$version"; return; fi
-    local candidate
+    # pyenv's own interpreters first: its python3.X shims on PATH exist but may refuse to run.
     candidate="$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}/versions/$version".*/bin/python 2>/dev/null | sort -V | tail -n1)"
-    if [[ -n "$candidate" ]]; then echo "$candidate"; return; fi
-    return 1
+    if [[ -n "$candidate" ]] && runs "$candidate"; then echo "$candidate"; return; fi
+    candidate="$(command -v "python$version" 2>/dev/null)" || return 1
+    runs "$candidate" && echo "$candidate"
 }
 
 make_source() {  # a clean copy of the project in $1: a clone of HEAD, or the work tree's files
@@ -114,7 +116,8 @@ run_cell() {  # prints one results row
         return 1
     fi
     hash="$({
-        cat setup.cfg pyproject.toml scripts/matrix.sh
+        cat setup.cfg pyproject.toml
+        declare -f build_cell  # the install steps (editing the rest of this script keeps the venvs)
         for f in $(cell_constraints "$cell"); do cat "$f"; done
         "$python" --version 2>&1
     } | sha256sum | cut -c1-16)"
@@ -147,7 +150,7 @@ run_cell() {  # prints one results row
     local smoke=$((SECONDS - t0))
     [[ $rc_check -eq 0 && $rc_tests -eq 0 ]] || pass=FAIL
     local where
-    where="$("$venv/bin/python" -c 'import modelscope_mossformer, os; print(os.path.dirname(modelscope_mossformer.__file__))')"
+    where="$(cd "$work/run" && "$venv/bin/python" -c 'import modelscope_mossformer, os; print(os.path.dirname(modelscope_mossformer.__file__))')"
     [[ "$where" == "$venv"/* ]] || { log "$cell: the package was imported from $where, not the venv"; pass=FAIL; }
     echo "| $cell | $("$venv/bin/python" --version 2>&1 | cut -d' ' -f2) | $(versions_of "$venv") | pip check $([[ $rc_check -eq 0 ]] && echo ok || echo FAILED) | $pass | $(cat "$venv/.install_seconds" 2>/dev/null || echo ?) s | ${smoke} s |"
     rm -rf "$work"
