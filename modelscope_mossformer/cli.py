@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -269,12 +270,26 @@ class _MinimumLevel(logging.Filter):
 _MODELSCOPE_FILTER = _MinimumLevel()
 
 
+def set_speechbrain_level(level: int) -> None:
+    """SpeechBrain's loggers at `level` (for programs that own their logging, like this CLI).
+
+    SpeechBrain sets every module logger's level from ``SB_LOG_LEVEL`` (default INFO) when the module is
+    imported, so its INFO lines pass whatever the root level is: the variable is set for modules imported
+    later and the loggers that already exist are set now.
+    """
+    os.environ['SB_LOG_LEVEL'] = logging.getLevelName(level)
+    for name in list(logging.root.manager.loggerDict):
+        if name == 'speechbrain' or name.startswith('speechbrain.'):
+            logging.getLogger(name).setLevel(level)
+
+
 def _configure_logging(args: argparse.Namespace) -> None:
     """Warnings and errors by default (-v: progress messages, -q: errors only); ModelScope's chatter hidden."""
     level = logging.ERROR if args.quiet else (logging.INFO if args.verbose else logging.WARNING)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=level, format='%(levelname)s %(name)s: %(message)s')
     logging.getLogger('modelscope_mossformer').setLevel(level)
+    set_speechbrain_level(level if args.verbose > 1 else max(level, logging.WARNING))
     _MODELSCOPE_FILTER.level = level if args.verbose > 1 else max(level, logging.ERROR)
     modelscope_logger = logging.getLogger('modelscope')
     if _MODELSCOPE_FILTER not in modelscope_logger.filters:

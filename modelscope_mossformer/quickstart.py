@@ -146,6 +146,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--no-progress', action='store_true', help='hide progress bars')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
+    from .cli import set_speechbrain_level
+
+    set_speechbrain_level(logging.WARNING)
     summary = run(args.out, epochs=args.epochs, train_mixtures=args.train_mixtures, progress=not args.no_progress)
     print(f"\nSI-SNRi on the held-out demo test split: {summary['si-snri_before']:.2f} dB before training, "
           f"{summary['si-snri_after']:.2f} dB after {summary['epochs']} epochs "

@@ -149,7 +149,9 @@ def test_train_with_overrides_then_separate_with_the_best_model(tmp_path, corpus
     assert status == 0
     assert 'best model:' in capsys.readouterr().out
     train_section = json.loads((work / 'best_model' / 'configuration.json').read_text())['train']
-    assert (train_section['segment_seconds'], train_section['batch_size'], train_section['lr']) == (0.5, 2, 1e-3)
+    # written in the released spelling (optimizer.lr), which ModelScope's built-in trainer reads too
+    assert (train_section['segment_seconds'], train_section['batch_size'], train_section['optimizer']['lr']) == \
+        (0.5, 2, 1e-3)
     assert train_section['augment']['random_gain_db'] == [-1, 1] and train_section['max_epochs'] == 1
     mixture = corpus.split_dir('test') / 'mix_clean'
     assert main(['separate', str(mixture), '--model', str(work / 'best_model'), '--out', str(tmp_path / 'sep'),
