@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help='start from these weights (fine-tuning; any supported checkpoint format)')
     train.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', dest='overrides',
                        help='override a train key (dotted for nested keys); may be repeated')
+    train.add_argument('--resume-with-new-settings', action='store_true',
+                       help='let a resumed run continue with changed training settings (learning rate, schedule, '
+                            'batch...); the model, seed and training data can never change')
     _add_runtime_options(train)
     return parser
 
@@ -418,20 +421,23 @@ def command_train(args: argparse.Namespace) -> int:
     from modelscope.trainers import build_trainer
 
     from .metainfo import Trainers
+    from .workdir import ResumeMismatchError, WorkDirBusyError
 
     default_args = dict(model=str(model_dir), train_dataset=str(Path(args.train).resolve()),
                         eval_dataset=str(Path(args.valid).resolve()), work_dir=str(work_dir), device=device,
-                        train=overrides)
+                        train=overrides, resume_with_new_settings=args.resume_with_new_settings)
     if args.max_epochs is not None:
         default_args['max_epochs'] = args.max_epochs
     if args.init_checkpoint is not None:
         default_args['init_checkpoint'] = args.init_checkpoint
     try:
         trainer = build_trainer(Trainers.speech_separation, default_args=default_args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError, WorkDirBusyError) as err:
         raise UsageError(str(err)) from err
     try:
         result = trainer.train()
+    except (ResumeMismatchError, WorkDirBusyError) as err:
+        raise UsageError(str(err)) from err
     except Exception as err:  # noqa: BLE001 - report and exit 1, the log has the details
         logger.error('training failed: %s', err, exc_info=args.verbose > 0)
         print(f'training failed: {err} (log: {work_dir / "log.txt"})', file=sys.stderr)

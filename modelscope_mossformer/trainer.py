@@ -29,7 +29,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 import torch
@@ -43,12 +43,16 @@ from .metainfo import Trainers
 from .metrics import pit_si_snr, pit_si_snr_loss, separation_scores
 from .model import MossFormerSeparation, load_model_dir, read_configuration, write_configuration
 from .models import build_separator
-from .models.checkpoint import load_weights
+from .models.checkpoint import CheckpointError, atomic_save, load_weights, safe_torch_load
 from .registration import register
+from .workdir import RUN_FILE, WorkDirLock, check_resume, run_record
 from .train_config import (DEFAULT_TRAIN_CONFIG, merge_config, modified_section, released_spelling,  # noqa: F401
                            resolve_train_config)
 
 logger = logging.getLogger(__name__)
+
+PARTIAL_PREFIX = '.partial-'  # a checkpoint being written
+DELETING_PREFIX = '.deleting-'  # a checkpoint being deleted
 
 def _is_main_process() -> bool:
     return int(os.environ.get('RANK', '0')) == 0
@@ -75,7 +79,7 @@ def _atomic_checkpointer_class():
             final = tmp = None
             if if_main_process():
                 final = self._new_checkpoint_dirpath() if name is None else self._custom_checkpoint_dirpath(name)
-                tmp = final.parent / f'.partial-{final.name}'
+                tmp = final.parent / f'{PARTIAL_PREFIX}{final.name}'
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir(parents=True)
             tmp = ddp_broadcast(tmp, src=0)
@@ -106,7 +110,62 @@ def _atomic_checkpointer_class():
             ddp_barrier()
             return checkpoint
 
+        def _call_load_hooks(self, checkpoint):
+            # SpeechBrain's load hooks call torch.load without weights_only (unpickling anything on torch < 2.6):
+            # every file holding tensors is read weights-only first, so a crafted pickle is refused, never run.
+            # The text files (epoch counter, brain state, loader position) are parsed by SpeechBrain as text.
+            from speechbrain.dataio.dataloader import SaveableDataLoader
+            from speechbrain.utils.epoch_loop import EpochCounter
+
+            for name, path in checkpoint.paramfiles.items():
+                obj = self.recoverables.get(name)
+                if obj is None or isinstance(obj, (EpochCounter, SaveableDataLoader, sb_brain_type())):
+                    continue
+                safe_torch_load(path)
+            try:
+                return super()._call_load_hooks(checkpoint)
+            except Exception as err:  # noqa: BLE001 - SpeechBrain's parse errors name no file
+                raise CheckpointError(f'{checkpoint.path}: cannot resume from this checkpoint '
+                                      f'({type(err).__name__}: {err})') from err
+
+        @staticmethod
+        def _delete_checkpoint(checkpoint, verbosity=logging.INFO):
+            # renamed out of the CKPT+ namespace first: a kill during the deletion leaves a .deleting- folder
+            # that the next start removes, never a CKPT+ folder without its CKPT.yaml
+            path = Path(checkpoint.path)
+            doomed = path.with_name(f'{DELETING_PREFIX}{path.name}')
+            os.rename(path, doomed)
+            shutil.rmtree(doomed)
+            logger.log(verbosity, 'deleted checkpoint %s', path)
+
     return AtomicCheckpointer
+
+
+def sb_brain_type() -> type:
+    import speechbrain as sb
+
+    return sb.Brain
+
+
+def rng_state_to_tensors() -> Dict[str, Any]:
+    """Python, NumPy and torch random states as tensors and plain values (loadable with weights_only=True)."""
+    version, python_state, gauss = random.getstate()
+    key, numpy_state, pos, has_gauss, cached = np.random.get_state()
+    return {'python': {'version': version, 'state': torch.tensor(python_state, dtype=torch.int64), 'gauss': gauss},
+            'numpy': {'key': key, 'state': torch.from_numpy(numpy_state.astype(np.int64)), 'pos': int(pos),
+                      'has_gauss': int(has_gauss), 'cached_gaussian': float(cached)},
+            'torch': torch.get_rng_state(),
+            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    python, numpy_state = state['python'], state['numpy']
+    random.setstate((python['version'], tuple(int(v) for v in python['state'].tolist()), python['gauss']))
+    np.random.set_state((numpy_state['key'], numpy_state['state'].numpy().astype(np.uint32), numpy_state['pos'],
+                         numpy_state['has_gauss'], numpy_state['cached_gaussian']))
+    torch.set_rng_state(state['torch'])
+    if state['cuda'] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
 
 
 def _rng_state_class():
@@ -118,18 +177,11 @@ def _rng_state_class():
 
         @mark_as_saver
         def save(self, path):
-            torch.save({'python': random.getstate(), 'numpy': np.random.get_state(),
-                        'torch': torch.get_rng_state(),
-                        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, path)
+            atomic_save(rng_state_to_tensors(), path)
 
         @mark_as_loader
         def load(self, path, end_of_epoch=False):
-            state = torch.load(path, weights_only=False)
-            random.setstate(state['python'])
-            np.random.set_state(state['numpy'])
-            torch.set_rng_state(state['torch'])
-            if state['cuda'] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state['cuda'])
+            restore_rng_state(safe_torch_load(path))
 
     return RNGState
 
@@ -163,6 +215,14 @@ def _brain_class():
             if len(batch['ids']) == 0:
                 return torch.tensor(0.0)
             return super().evaluate_batch(batch, stage)
+
+        def on_fit_start(self):
+            super().on_fit_start()  # recovers the latest checkpoint, optimiser state included
+            override = self.hparams.optimizer_override
+            if override is not None and self.optimizer is not None:
+                for group in self.optimizer.param_groups:
+                    group.update(override)
+                logger.info('resumed with new optimiser settings %s', override)
 
         def on_stage_start(self, stage, epoch=None):
             self.skipped = 0
@@ -222,14 +282,20 @@ class SpeechSeparationTrainer(BaseTrainer):
         cfg_modify_fn: called with the merged configuration (a ModelScope `Config`) and
             returns the configuration to use.
         device: 'cpu', 'cuda', 'cuda:1'...; CUDA when available if None.
+        resume_with_new_settings: let a resume change training settings (learning rate,
+            schedule, batch, augmentation); the model, seed and training data never change.
+
+    Raises:
+        WorkDirBusyError: another process trains in `work_dir`.
     """
 
     def __init__(self, model: Any, train_dataset: Any = None, eval_dataset: Any = None,
                  work_dir: Union[str, os.PathLike] = './work_dir', max_epochs: Optional[int] = None,
                  seed: Optional[int] = None, init_checkpoint: Optional[str] = None,
                  train: Optional[Mapping[str, Any]] = None, cfg_modify_fn: Optional[Callable] = None,
-                 device: Optional[str] = None, **kwargs: Any) -> None:
+                 device: Optional[str] = None, resume_with_new_settings: bool = False, **kwargs: Any) -> None:
         self.work_dir = Path(work_dir).resolve()
+        self.resume_with_new_settings = bool(resume_with_new_settings)
         self.device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
         if self.device.startswith('cuda') and 'LOCAL_RANK' in os.environ:
             self.device = f'cuda:{int(os.environ["LOCAL_RANK"])}'
@@ -264,7 +330,8 @@ class SpeechSeparationTrainer(BaseTrainer):
             logger.info('ignoring trainer arguments %s', sorted(kwargs))
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if _is_main_process():
-            super().__init__(str(write_configuration(self.work_dir, configuration)))
+            with WorkDirLock(self.work_dir):  # never overwrite the configuration of a run in progress
+                super().__init__(str(write_configuration(self.work_dir, configuration)))
         else:  # rank 0 may not have written work_dir/configuration.json yet
             with tempfile.TemporaryDirectory() as private:
                 super().__init__(str(write_configuration(private, configuration)))
@@ -345,13 +412,29 @@ class SpeechSeparationTrainer(BaseTrainer):
     # -- training ----------------------------------------------------------
 
     def train(self, *args: Any, **kwargs: Any) -> Dict[str, Any]:
-        """Train until ``max_epochs``; a second call with the same work_dir resumes."""
+        """Train until ``max_epochs``; a second call with the same work_dir resumes the same run.
+
+        Raises:
+            WorkDirBusyError: another process trains in this work_dir.
+            ResumeMismatchError: the work_dir holds another run (model, seed or training data
+                differ), or training settings differ without `resume_with_new_settings`.
+        """
+        lock = WorkDirLock(self.work_dir).acquire() if _is_main_process() else None
+        try:
+            return self._train_locked()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _train_locked(self) -> Dict[str, Any]:
         import speechbrain as sb
         from speechbrain.nnet.schedulers import ReduceLROnPlateau
         from speechbrain.utils.distributed import ddp_init_group
         from speechbrain.utils.epoch_loop import EpochCounter
 
         cfg = self.train_cfg
+        self._clean_partial_checkpoints()
+        changed_settings = self._check_resume()
         self._seed()
         if self._redraw_initial_weights:  # so that the same seed gives the same run
             self.model.separator = build_separator(self.model.config)
@@ -370,9 +453,13 @@ class SpeechSeparationTrainer(BaseTrainer):
         checkpointer = _atomic_checkpointer_class()(
             str(self.checkpoint_dir), recoverables={'separator': separator, 'counter': counter,
                                                     'lr_scheduler': scheduler, 'rng': _rng_state_class()()})
-        self._clean_partial_checkpoints()
         history = []
+        # a resume allowed to change the optimiser's settings applies them over the recovered optimiser state
+        optimizer_override = ({'lr': lr, 'weight_decay': cfg['weight_decay']}
+                              if any(text.startswith(('train.lr', 'train.fine_tune_lr', 'train.weight_decay'))
+                                     for text in changed_settings) else None)
         hparams = {'loss_threshold_db': cfg['loss_threshold_db'], 'lr_scheduler': scheduler, 'train_set': train_set,
+                   'optimizer_override': optimizer_override,
                    'on_epoch_end': lambda epoch, stats: history.append(self._on_epoch_end(epoch, stats))}
         brain = _brain_class()(modules={'separator': separator},
                                opt_class=lambda params: torch.optim.Adam(params, lr=lr,
@@ -390,11 +477,40 @@ class SpeechSeparationTrainer(BaseTrainer):
             self.model.model_dir = str(self.best_model_dir)
         return {'epochs': history, 'best_model_dir': str(self.best_model_dir)}
 
+    def _check_resume(self) -> List[str]:
+        """Compare this run with the one whose checkpoints are in save/ (see `workdir.check_resume`);
+        record this run's configuration when it starts.  Returns the changed training settings."""
+        run_file = self.checkpoint_dir / RUN_FILE
+        record = run_record(self.configuration, self.train_cfg, self.train_dataset)
+        resuming = self.checkpoint_dir.is_dir() and any(self.checkpoint_dir.glob('CKPT+*'))
+        changed: List[str] = []
+        if resuming and run_file.is_file():
+            changed = check_resume(run_file, record, self.resume_with_new_settings)
+        elif resuming:
+            logger.warning('%s: checkpoints without a record of their run (written by an older version); '
+                           'resuming without checking that the configuration is the same', self.checkpoint_dir)
+        if _is_main_process():
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            tmp = run_file.with_name(f'.{RUN_FILE}.tmp')
+            tmp.write_text(json.dumps(record, indent=2) + '\n')
+            os.replace(tmp, run_file)
+        return changed
+
     def _clean_partial_checkpoints(self) -> None:
-        if _is_main_process() and self.checkpoint_dir.is_dir():
-            for partial in self.checkpoint_dir.glob('.partial-*'):
-                logger.warning('removing incomplete checkpoint %s (interrupted save)', partial)
-                shutil.rmtree(partial, ignore_errors=True)
+        """Remove what a kill can leave in save/: a half-written or half-deleted checkpoint."""
+        if not (_is_main_process() and self.checkpoint_dir.is_dir()):
+            return
+        for leftover in self.checkpoint_dir.iterdir():
+            if leftover.name.startswith(PARTIAL_PREFIX):
+                why = 'interrupted save'
+            elif leftover.name.startswith(DELETING_PREFIX):
+                why = 'interrupted deletion'
+            elif leftover.name.startswith('CKPT+') and leftover.is_dir() and not (leftover / 'CKPT.yaml').exists():
+                why = 'no CKPT.yaml: left by an interrupted deletion'
+            else:
+                continue
+            logger.warning('removing incomplete checkpoint %s (%s)', leftover, why)
+            shutil.rmtree(leftover, ignore_errors=True)
 
     def _on_epoch_end(self, epoch: int, stats: Dict[str, Any]) -> Dict[str, Any]:
         record = {'epoch': epoch, **{k: float(v) for k, v in stats.items()}}

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -145,13 +146,35 @@ class Checkpoint:
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
-def _torch_load(path: Path) -> Any:
+class UnsafeCheckpointError(CheckpointError):
+    """A file that holds pickled objects other than tensors and plain values: refused, never unpickled."""
+
+
+def safe_torch_load(path: PathLike) -> Any:
+    """torch.load(weights_only=True) with errors that name the file.
+
+    Only tensors and plain containers are read; a pickle that would build any other object (and so could
+    run code) raises `UnsafeCheckpointError` before anything of it is executed.
+    """
+    path = Path(path)
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except FileNotFoundError:
         raise
+    except pickle.UnpicklingError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        named = [line for line in lines if 'unsupported global' in line.lower() or 'unsupported operand' in line.lower()]
+        detail = (named or lines or [type(err).__name__])[0]
+        if 'weights only' in str(err).lower() or 'weights_only' in str(err):
+            raise UnsafeCheckpointError(
+                f'{path}: refused to load: the file holds pickled Python objects other than tensors and plain '
+                f'values, which could run code when loaded; this package reads weights-only files '
+                f'({detail})') from None
+        raise CheckpointError(f'{path}: not a readable PyTorch checkpoint ({detail})') from None
     except Exception as err:  # noqa: BLE001 - re-raised with the file name
         raise CheckpointError(f'{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})') from err
+
+
 
 
 def _as_state_dict(obj: Any, path: Path) -> Tuple[StateDict, str, Dict[str, Any]]:
@@ -219,13 +242,13 @@ def read_checkpoint(source: PathLike) -> Checkpoint:
         if found == source:
             state: StateDict = {}
             for name in MOSSFORMER_FILES:
-                part, _, _ = _as_state_dict(_torch_load(source / name), source / name)
+                part, _, _ = _as_state_dict(safe_torch_load(source / name), source / name)
                 state.update({MOSSFORMER_FILE_PREFIXES[name] + k: v for k, v in part.items()})
             return Checkpoint(state, source, FORMAT_MOSSFORMER)
         source = found
     if not source.exists():
         raise FileNotFoundError(f'{source}: no such checkpoint file or model directory')
-    state, fmt, extra = _as_state_dict(_torch_load(source), source)
+    state, fmt, extra = _as_state_dict(safe_torch_load(source), source)
     state = _strip_module_prefix(state)
     if fmt == 'state_dict':
         if any(k.startswith('masker.') for k in state):
