@@ -42,8 +42,8 @@ import numpy as np
 import torch
 
 from .data.audio import (RESAMPLE_QUALITY, AudioError, _as_frames, _check_rates, _flush_padding, _to_tensor,
-                         audio_info, read_audio, resampled_length)
-from .data.manifest import AUDIO_SUFFIXES, MIX_COLUMN, load_manifest
+                         audio_info, read_audio, resampled_length, sample_problem)
+from .data.manifest import AUDIO_SUFFIXES, MIX_COLUMN, ManifestError, load_manifest
 from .inference import SeparationEngine
 
 logger = logging.getLogger(__name__)
@@ -203,12 +203,9 @@ def scan_audio(path: PathLike) -> AudioScan:
         raise AudioError(path, 'empty audio (0 samples)')
     peak, clipped, position = 0.0, 0, 0
     for block in _file_blocks(path, int(READ_BLOCK_SECONDS * rate)):
-        finite = np.isfinite(block)
-        if not finite.all():
-            bad = np.flatnonzero(~finite.all(axis=1))
-            count = int((~finite).sum())
-            raise AudioError(path, f'non-finite (NaN/Inf) sample(s): {count} in the block at '
-                                   f'{position / rate:.2f} s, first at sample {position + int(bad[0])}')
+        problem = sample_problem(block, position)
+        if problem:
+            raise AudioError(path, f'{problem} (in the block at {position / rate:.2f} s)')
         magnitude = np.abs(block)
         peak = max(peak, float(magnitude.max()))
         clipped += int((magnitude >= CLIP_LEVEL).sum())
@@ -516,7 +513,13 @@ def _separate_stream(engine: SeparationEngine, path: Path, scan: AudioScan, out:
             top = max(top, float(block.abs().max()))
             out.write(block)
 
+    done = 0
     for estimates in separated:
+        if not torch.isfinite(estimates).all():
+            raise AudioError(path, f'the model produced non-finite (NaN/Inf) output in the {done / model_rate:.2f}-'
+                                   f'{(done + estimates.shape[-1]) / model_rate:.2f} s stretch; nothing was written '
+                                   '(check the model weights, or try --precision fp32)')
+        done += estimates.shape[-1]
         mix = pending.pop(estimates.shape[-1])
         total = estimates.sum(0).double()
         dot += float((total * mix.double()).sum())
@@ -568,7 +571,11 @@ def _is_audio(path: Path) -> bool:
 def _mixture_only_list(path: Path) -> Optional[List[Path]]:
     """Mixture paths of a list without sources (CSV with only mix_wav, scp with one path per line)."""
     base = path.parent
-    text = path.read_text(encoding='utf-8-sig')
+    try:
+        text = path.read_text(encoding='utf-8-sig')
+    except UnicodeDecodeError as err:
+        raise ManifestError(f'{path}: not a text list (byte {err.start} is not UTF-8); expected a CSV or scp '
+                            'list of audio paths, or an audio file with a known suffix') from None
     if path.suffix.lower() == '.csv':
         rows = list(csv.reader(io.StringIO(text)))
         if not rows:

@@ -79,7 +79,7 @@ def resolve_model_dir(model: Union[str, os.PathLike], download: bool = True,
     if path.exists():
         raise FileNotFoundError(f'{path}: a model must be a directory with a configuration.json, not a file')
     if not is_hub_id(str(model)):
-        raise FileNotFoundError(f'{model}: no such model directory (and not a hub id of the form owner/name)')
+        raise FileNotFoundError(f'{model}: no such directory (and not a hub id of the form owner/name)')
     cached = cached_model_dir(str(model))
     if cached is not None:
         logger.info('%s: using the copy in ModelScope\'s local cache, %s', model, cached)

@@ -23,7 +23,7 @@ from modelscope.outputs import OutputKeys
 from modelscope.pipelines import Pipeline
 from modelscope.pipelines.builder import PIPELINES
 
-from .data.audio import AudioError, read_audio, resample, to_mono
+from .data.audio import AudioError, read_audio, resample, sample_problem, to_mono
 from .inference import SeparationEngine, match_mixture_level
 from .metainfo import MODEL_TYPES, TASK
 from .model import ensure_ours
@@ -79,9 +79,14 @@ def _checked(array: np.ndarray, where: str) -> torch.Tensor:
     array = np.asarray(array, dtype=np.float32)
     if array.ndim != 1 or array.size == 0:
         raise AudioError(where, f'expected non-empty mono audio, got shape {array.shape}')
-    if not np.isfinite(array).all():
-        raise AudioError(where, f'{int((~np.isfinite(array)).sum())} non-finite (NaN/Inf) sample(s)')
+    problem = sample_problem(array)
+    if problem:
+        raise AudioError(where, problem)
     return torch.from_numpy(array.copy())
+
+
+def model_dir_of(model: Any) -> str:
+    return str(getattr(model, 'model_dir', None) or type(model).__name__)
 
 
 class MossFormerSeparationPipeline(Pipeline):
@@ -111,8 +116,9 @@ class MossFormerSeparationPipeline(Pipeline):
 
     def preprocess(self, inputs: Any, sample_rate: Optional[int] = None) -> Dict[str, Any]:
         wave, rate = _decode(inputs, sample_rate, self.model.sample_rate)
+        source = str(inputs) if isinstance(inputs, (str, os.PathLike)) else f'<{type(inputs).__name__} input>'
         return {'mix': resample(wave, rate, self.model.sample_rate), 'input_rate': rate,
-                'input_length': wave.shape[-1]}
+                'input_length': wave.shape[-1], 'source': source}
 
     def forward(self, inputs: Dict[str, Any], **forward_params: Any) -> Dict[str, Any]:
         mix = inputs['mix']
@@ -120,7 +126,12 @@ class MossFormerSeparationPipeline(Pipeline):
             logger.warning('the input is silent; the outputs are silent too')
             estimates = torch.zeros(self.model.num_spks, mix.shape[-1])
         else:
-            estimates = match_mixture_level(self.engine.separate(mix), mix)
+            estimates = self.engine.separate(mix)
+            if not torch.isfinite(estimates).all():
+                raise AudioError(inputs.get('source', '<input>'),
+                                 f'the model produced non-finite (NaN/Inf) output for {model_dir_of(self.model)}'
+                                 ' (check its weights, or use precision fp32)')
+            estimates = match_mixture_level(estimates, mix)
         return dict(inputs, estimates=estimates)
 
     def postprocess(self, inputs: Dict[str, Any], **post_params: Any) -> Dict[str, Any]:

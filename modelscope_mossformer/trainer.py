@@ -19,8 +19,10 @@ Files in ``work_dir``:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
+import errno
 import json
 import logging
 import math
@@ -43,7 +45,7 @@ from .metainfo import Trainers
 from .metrics import pit_si_snr, pit_si_snr_loss, separation_scores
 from .model import MossFormerSeparation, load_model_dir, read_configuration, write_configuration
 from .models import build_separator
-from .models.checkpoint import CheckpointError, atomic_save, load_weights, safe_torch_load
+from .models.checkpoint import CheckpointError, atomic_save, find_weights, load_weights, safe_torch_load
 from .registration import register
 from .workdir import RUN_FILE, WorkDirLock, check_resume, run_record
 from .train_config import (DEFAULT_TRAIN_CONFIG, merge_config, modified_section, released_spelling,  # noqa: F401
@@ -53,6 +55,38 @@ logger = logging.getLogger(__name__)
 
 PARTIAL_PREFIX = '.partial-'  # a checkpoint being written
 DELETING_PREFIX = '.deleting-'  # a checkpoint being deleted
+
+class NonFiniteLossError(ValueError):
+    """The training loss stayed non-finite past `nonfinite_patience`; names the last examples."""
+
+
+class NonFiniteWeightsError(ValueError):
+    """The weights became NaN/Inf; nothing of that epoch is kept."""
+
+
+class DiskFullError(OSError):
+    """No space left where a checkpoint or model is written; names the place and the bytes."""
+
+
+@contextlib.contextmanager
+def disk_errors_named(target: Path, needed_bytes: Callable[[], int], cleanup: Optional[Path] = None):
+    """Re-raise a full disk (ENOSPC, or PyTorch's "unexpected pos" from a short write) as `DiskFullError`
+    naming `target`, the free and the needed bytes; the half-written `cleanup` folder is removed."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        text = str(err)
+        if getattr(err, 'errno', None) != errno.ENOSPC and 'No space left' not in text \
+                and 'unexpected pos' not in text:
+            raise
+        if cleanup is not None:
+            shutil.rmtree(cleanup, ignore_errors=True)
+        anchor = next((p for p in (target, *target.parents) if p.exists()), Path('/'))
+        free = shutil.disk_usage(anchor).free
+        raise DiskFullError(errno.ENOSPC, f'no space left on the device holding {target}: {free} bytes free, '
+                                          f'about {needed_bytes()} needed; free space or move work_dir '
+                                          f'(the previous checkpoint and best_model/ are intact)') from err
+
 
 def _is_main_process() -> bool:
     return int(os.environ.get('RANK', '0')) == 0
@@ -83,24 +117,26 @@ def _atomic_checkpointer_class():
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir(parents=True)
             tmp = ddp_broadcast(tmp, src=0)
-            for key, obj in self.recoverables.items():
-                path = tmp / f'{key}.ckpt'
-                if key in self.custom_save_hooks:
-                    self.custom_save_hooks[key](obj, path)
-                    continue
-                from speechbrain.utils.checkpoints import DEFAULT_SAVE_HOOKS, get_default_hook
+            with disk_errors_named(tmp, self._needed_bytes, cleanup=tmp):
+                for key, obj in self.recoverables.items():
+                    path = tmp / f'{key}.ckpt'
+                    if key in self.custom_save_hooks:
+                        self.custom_save_hooks[key](obj, path)
+                        continue
+                    from speechbrain.utils.checkpoints import DEFAULT_SAVE_HOOKS, get_default_hook
 
-                hook = get_default_hook(obj, DEFAULT_SAVE_HOOKS)
-                if hook is None:
-                    raise RuntimeError(f"don't know how to save {type(obj)} ({key})")
-                hook(obj, path)
+                    hook = get_default_hook(obj, DEFAULT_SAVE_HOOKS)
+                    if hook is None:
+                        raise RuntimeError(f"don't know how to save {type(obj)} ({key})")
+                    hook(obj, path)
             ddp_barrier()
             checkpoint = None
             if if_main_process():
-                saved_meta = self._save_checkpoint_metafile(tmp / METAFNAME, meta, end_of_epoch)
-                for file in tmp.iterdir():
-                    with open(file, 'rb') as handle:
-                        os.fsync(handle.fileno())
+                with disk_errors_named(tmp, self._needed_bytes, cleanup=tmp):
+                    saved_meta = self._save_checkpoint_metafile(tmp / METAFNAME, meta, end_of_epoch)
+                    for file in tmp.iterdir():
+                        with open(file, 'rb') as handle:
+                            os.fsync(handle.fileno())
                 os.rename(tmp, final)
                 logger.log(verbosity, 'saved %s checkpoint %s', 'end-of-epoch' if end_of_epoch else 'intra-epoch',
                            final)
@@ -109,6 +145,12 @@ def _atomic_checkpointer_class():
             # deletion loops run different numbers of collectives and hang
             ddp_barrier()
             return checkpoint
+
+        def _needed_bytes(self) -> int:
+            """About what one checkpoint takes: the weights and Adam's two moments."""
+            separator = self.recoverables.get('separator')
+            weights = sum(p.numel() * p.element_size() for p in separator.parameters()) if separator else 0
+            return 3 * weights
 
         def _call_load_hooks(self, checkpoint):
             # SpeechBrain's load hooks call torch.load without weights_only (unpickling anything on torch < 2.6):
@@ -208,7 +250,20 @@ def _brain_class():
             self.skipped += int(batch['skipped'])
             if len(batch['ids']) == 0:
                 return torch.tensor(0.0)
+            self.batch_origins = batch.get('origins') or [str(i) for i in batch['ids']]
             return super().fit_batch(batch)
+
+        def check_loss_isfinite(self, loss):
+            if not torch.isfinite(loss):
+                examples = ', '.join(self.batch_origins)
+                if self.nonfinite_count + 1 > self.nonfinite_patience:
+                    raise NonFiniteLossError(
+                        f'the training loss was not finite {self.nonfinite_count + 1} times (nonfinite_patience '
+                        f'{self.nonfinite_patience}), the last time on {examples}: check these files (a sample far '
+                        'outside [-1, 1], silence in every source) or lower the learning rate')
+                logger.warning('non-finite training loss on %s: step skipped (%d of %d tolerated)', examples,
+                               self.nonfinite_count + 1, self.nonfinite_patience)
+            super().check_loss_isfinite(loss)
 
         def evaluate_batch(self, batch, stage):
             self.skipped += int(batch['skipped'])
@@ -240,6 +295,12 @@ def _brain_class():
             if stage != sb.Stage.VALID:
                 return
             valid_si_snr = -stage_loss
+            broken = [name for name, p in self.modules.named_parameters() if not torch.isfinite(p).all()]
+            if broken:  # nothing of this epoch is kept: the last checkpoint and best_model/ stay as they are
+                raise NonFiniteWeightsError(
+                    f'epoch {epoch}: {len(broken)} weight tensor(s) are no longer finite (first {broken[0]}); '
+                    'this epoch is neither checkpointed nor exported, the previous checkpoint and best_model/ are '
+                    'kept. Resume with a lower learning rate or check the training data.')
             old_lr, new_lr = self.hparams.lr_scheduler([self.optimizer], epoch, stage_loss)
             sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
             stats = {'train_loss': self.train_loss, 'valid_si_snr': valid_si_snr, 'lr': old_lr,
@@ -332,6 +393,7 @@ class SpeechSeparationTrainer(BaseTrainer):
         if _is_main_process():
             with WorkDirLock(self.work_dir):  # never overwrite the configuration of a run in progress
                 super().__init__(str(write_configuration(self.work_dir, configuration)))
+                self._recover_best_model()
         else:  # rank 0 may not have written work_dir/configuration.json yet
             with tempfile.TemporaryDirectory() as private:
                 super().__init__(str(write_configuration(private, configuration)))
@@ -374,7 +436,8 @@ class SpeechSeparationTrainer(BaseTrainer):
                                   speed_perturb=augment['speed_perturb'], speeds=tuple(augment['speeds']),
                                   random_gain_db=(tuple(augment['random_gain_db'])
                                                   if augment['random_gain_db'] is not None else None)),
-            bad_example_policy=cfg['bad_example_policy'], seed=cfg['seed'])
+            bad_example_policy=cfg['bad_example_policy'], seed=cfg['seed'],
+            min_samples=self.model.config.enc_kernel_size)
 
     def _seed(self) -> None:
         seed = int(self.train_cfg['seed'])
@@ -392,6 +455,7 @@ class SpeechSeparationTrainer(BaseTrainer):
             'device': self.device, 'precision': cfg['precision'], 'eval_precision': cfg['eval_precision'],
             'max_grad_norm': math.inf if cfg['max_grad_norm'] is None else cfg['max_grad_norm'],
             'nonfinite_patience': cfg['nonfinite_patience'],
+            'skip_nonfinite_grads': True,  # a non-finite loss's NaN gradients are dropped, never applied
             'grad_accumulation_factor': cfg['grad_accumulation_factor'],
             'ckpt_interval_minutes': cfg['ckpt_interval_minutes'], 'ckpt_interval_steps': cfg['ckpt_interval_steps'],
             'noprogressbar': not cfg['progressbar'], 'distributed_backend': backend})
@@ -517,7 +581,10 @@ class SpeechSeparationTrainer(BaseTrainer):
         if not _is_main_process():
             return record
         best = self._best_valid_si_snr()
-        if best is None or record['valid_si_snr'] > best:
+        if not math.isfinite(record['valid_si_snr']):
+            logger.error('epoch %d: validation SI-SNR is %s; best_model/ is left as it was', epoch,
+                         record['valid_si_snr'])
+        elif best is None or record['valid_si_snr'] > best:
             self._export_best_model(record)
         line = ', '.join(f'{k}: {v:.6g}' for k, v in record.items())
         # written before the epoch's checkpoint: an epoch run again after a kill that lost it replaces its line
@@ -544,13 +611,28 @@ class SpeechSeparationTrainer(BaseTrainer):
             return None
         return json.loads(path.read_text()).get('train_result', {}).get('valid_si_snr')
 
+    def _recover_best_model(self) -> None:
+        """A kill between the two renames of `_export_best_model` leaves no best_model/: put back the new
+        copy when it is complete (its configuration.json is written last), else the previous one."""
+        if not _is_main_process() or self.best_model_dir.exists():
+            return
+        for candidate, which in ((self.work_dir / '.best_model.tmp', 'complete new'),
+                                 (self.work_dir / '.best_model.old', 'previous')):
+            if (candidate / 'configuration.json').is_file() and find_weights(candidate) is not None:
+                os.rename(candidate, self.best_model_dir)
+                logger.warning('%s was missing (export interrupted); restored the %s best model from %s',
+                               self.best_model_dir, which, candidate.name)
+                return
+
     def _export_best_model(self, record: Mapping[str, Any]) -> None:
         """Replace best_model/ by a complete new folder (rename dance: never a half-written best model)."""
         tmp = self.work_dir / '.best_model.tmp'
         old = self.work_dir / '.best_model.old'
         shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_model_dir(tmp, extra_configuration={'train_result': dict(record),
-                                                            'train': released_spelling(self.train_cfg)})
+        weights = sum(p.numel() * p.element_size() for p in self.model.separator.parameters())
+        with disk_errors_named(tmp, lambda: weights, cleanup=tmp):
+            self.model.save_model_dir(tmp, extra_configuration={'train_result': dict(record),
+                                                                'train': released_spelling(self.train_cfg)})
         if self.best_model_dir.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.rename(self.best_model_dir, old)
@@ -570,6 +652,7 @@ class SpeechSeparationTrainer(BaseTrainer):
             checkpoint_path: weights to evaluate; when None the best model in
                 work_dir, or the model's own weights when training never ran.
         """
+        self._recover_best_model()
         source = checkpoint_path or (self.best_model_dir if self.best_model_dir.is_dir() else None)
         if source is not None:
             load_weights(self.model.separator, source)

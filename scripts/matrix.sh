@@ -10,7 +10,8 @@
 # py311         3.11    pip install -c constraints.txt '.[test]'                (= CI's cell)
 # py310         3.10    pip install -c constraints/py310.txt '.[test]'
 # py312         3.12    pip install -c constraints/py312.txt '.[test]'
-# py310-oldest  3.10    pip install -c constraints/py310-oldest.txt '.[test]'   (every lower bound of setup.cfg)
+# py310-oldest  3.10    pip install -c constraints/py310-oldest.txt '.[test]' oss2   (every lower bound of setup.cfg)
+# py311-msdatasets 3.11  pip install -c constraints/py311-msdatasets.txt '.[test]' 'modelscope[datasets]'
 # plain         3.11    pip install . ; pip install pytest hypothesis pytest-timeout   (no constraints)
 #
 # Each cell's venv lives at ${MOSSFORMER_MATRIX_ROOT:-$HOME/.cache/modelscope_mossformer/matrix}/<cell>-<hash>,
@@ -29,7 +30,7 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_ROOT"
 ROOT="${MOSSFORMER_MATRIX_ROOT:-$HOME/.cache/modelscope_mossformer/matrix}"
 SOURCE_MODE="${MATRIX_SOURCE:-clone}"
-ALL_CELLS=(py311 py310 py312 py310-oldest plain)
+ALL_CELLS=(py311 py310 py312 py310-oldest py311-msdatasets plain)
 mkdir -p "$ROOT"
 
 log() { echo "[matrix] $*" >&2; }
@@ -37,7 +38,7 @@ log() { echo "[matrix] $*" >&2; }
 cell_python_version() {
     case "$1" in
         py310 | py310-oldest) echo 3.10 ;;
-        py311 | plain) echo 3.11 ;;
+        py311 | py311-msdatasets | plain) echo 3.11 ;;
         py312) echo 3.12 ;;
         *) return 1 ;;
     esac
@@ -49,7 +50,16 @@ cell_constraints() {  # the constraints files the cell reads (for its hash and i
         py310) echo constraints/py310.txt ;;
         py312) echo "constraints/py312.txt constraints.txt" ;;
         py310-oldest) echo constraints/py310-oldest.txt ;;
+        py311-msdatasets) echo constraints/py311-msdatasets.txt ;;
         plain) echo "" ;;
+    esac
+}
+
+cell_extra() {  # requirements installed beside this package
+    case "$1" in
+        py311-msdatasets) echo 'modelscope[datasets]' ;;
+        py310-oldest) echo oss2 ;;  # modelscope < 1.2x imports oss2 (its [datasets] extra) in modelscope.pipelines
+        *) echo "" ;;
     esac
 }
 
@@ -75,19 +85,21 @@ make_source() {  # a clean copy of the project in $1: a clone of HEAD, or the wo
     fi
 }
 
-build_cell() {  # cell python venv src
+build_cell() {  # cell python venv src; every step checked (set -e does not apply inside `if ! build_cell`)
     local cell="$1" python="$2" venv="$3" src="$4" tmp="$3.building-$$" constraints
     rm -rf "$venv".building-*
     constraints="$(cell_constraints "$cell" | awk '{print $1}')"
     log "$cell: building $venv"
     local t0=$SECONDS
-    "$python" -m venv "$tmp"
-    "$tmp/bin/python" -m pip install --progress-bar off --upgrade pip 'setuptools>=64' wheel >&2
+    "$python" -m venv "$tmp" || return 1
+    "$tmp/bin/python" -m pip install --progress-bar off --upgrade pip 'setuptools>=64' wheel >&2 || return 1
     if [[ -z "$constraints" ]]; then
-        (cd "$src" && "$tmp/bin/python" -m pip install --progress-bar off . >&2)
-        "$tmp/bin/python" -m pip install --progress-bar off pytest hypothesis pytest-timeout >&2
+        (cd "$src" && "$tmp/bin/python" -m pip install --progress-bar off . >&2) || return 1
+        "$tmp/bin/python" -m pip install --progress-bar off pytest hypothesis pytest-timeout >&2 || return 1
     else
-        (cd "$src" && "$tmp/bin/python" -m pip install --progress-bar off -c "$constraints" '.[test]' >&2)
+        # shellcheck disable=SC2046
+        (cd "$src" && "$tmp/bin/python" -m pip install --progress-bar off -c "$constraints" '.[test]' \
+            $(cell_extra "$cell") >&2) || return 1
     fi
     echo $((SECONDS - t0)) > "$tmp/.install_seconds"
     local f
@@ -118,6 +130,7 @@ run_cell() {  # prints one results row
     hash="$({
         cat setup.cfg pyproject.toml
         declare -f build_cell  # the install steps (editing the rest of this script keeps the venvs)
+        cell_extra "$cell"
         for f in $(cell_constraints "$cell"); do cat "$f"; done
         "$python" --version 2>&1
     } | sha256sum | cut -c1-16)"
@@ -157,20 +170,25 @@ run_cell() {  # prints one results row
     [[ "$pass" == PASS ]]
 }
 
-cells=("$@")
-[[ ${#cells[@]} -gt 0 ]] || cells=("${ALL_CELLS[@]}")
-rows=()
-status=0
-for cell in "${cells[@]}"; do
-    row="$(run_cell "$cell")" || status=1
-    rows+=("$row")
-    log "$row"
-done
-{
-    echo "Matrix run $(date -u '+%Y-%m-%d %H:%M UTC') at $(git rev-parse --short HEAD) (source: $SOURCE_MODE)"
-    echo
-    echo "| cell | python | versions | pip check | smoke | install (cold) | smoke time |"
-    echo "|---|---|---|---|---|---|---|"
-    printf '%s\n' "${rows[@]}"
-} | tee "$ROOT/last-run.md"
-exit "$status"
+# All in one function, parsed before it runs: editing this file during a run does not disturb the run.
+main() {
+    cells=("$@")
+    [[ ${#cells[@]} -gt 0 ]] || cells=("${ALL_CELLS[@]}")
+    rows=()
+    status=0
+    for cell in "${cells[@]}"; do
+        row="$(run_cell "$cell")" || status=1
+        rows+=("$row")
+        log "$row"
+    done
+    {
+        echo "Matrix run $(date -u '+%Y-%m-%d %H:%M UTC') at $(git rev-parse --short HEAD) (source: $SOURCE_MODE)"
+        echo
+        echo "| cell | python | versions | pip check | smoke | install (cold) | smoke time |"
+        echo "|---|---|---|---|---|---|---|"
+        printf '%s\n' "${rows[@]}"
+    } | tee "$ROOT/last-run.md"
+    return "$status"
+}
+
+main "$@"; exit $?

@@ -455,7 +455,7 @@ def test_an_uncached_hub_id_fails_at_once_saying_what_to_do(hub_cache, monkeypat
                                                   r"ModelScope's local cache") as caught:
         resolve_model_dir('damo/not_downloaded')
     assert "snapshot_download('damo/not_downloaded')" in str(caught.value)
-    with pytest.raises(FileNotFoundError, match='no such model directory'):
+    with pytest.raises(FileNotFoundError, match='no such directory'):
         resolve_model_dir('./no/such/dir')
 
 

@@ -98,7 +98,7 @@ def test_only_rank_zero_wrote_checkpoints_and_logs(ddp_run):
     work_dir = ddp_run['work_dir']
     rank0_pid = ddp_run['reports'][0]['pid']
     assert sorted(path.name for path in work_dir.iterdir()) == [
-        'best_model', 'configuration.json', 'log.txt', 'save', 'tensorboard', 'train_log.txt']
+        '.lock', 'best_model', 'configuration.json', 'log.txt', 'save', 'tensorboard', 'train_log.txt']
     lines = (work_dir / 'train_log.txt').read_text().splitlines()
     assert [line.split(',')[0] for line in lines] == [f'epoch: {epoch}' for epoch in range(1, MAX_EPOCHS + 1)]
     log = (work_dir / 'log.txt').read_text()

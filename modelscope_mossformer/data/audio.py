@@ -28,6 +28,27 @@ PathLike = Union[str, os.PathLike]
 RATE_MISMATCH_POLICIES = ('resample', 'error')
 
 
+# Float audio lives in [-1, 1] (integer PCM is read scaled to it); a sample 60 dB above full scale is not
+# audio but a broken file (a value of 3e38, a conversion that multiplied by 1e30), and it would turn every
+# activation and gradient of a training step into Inf/NaN.
+MAX_ABS_SAMPLE = 1000.0
+
+
+def sample_problem(samples: np.ndarray, start: int = 0) -> Optional[str]:
+    """Why `samples` ([T] or [T, channels]) cannot be used as audio, or None: a non-finite sample or one
+    whose magnitude exceeds `MAX_ABS_SAMPLE`; positions count from `start`."""
+    finite = np.isfinite(samples)
+    if not finite.all():
+        bad = np.flatnonzero(~finite.reshape(len(samples), -1).all(axis=1))
+        return f'{int((~finite).sum())} non-finite (NaN/Inf) sample(s), first at sample {int(bad[0]) + start}'
+    magnitude = np.abs(samples).reshape(len(samples), -1).max(axis=1) if samples.size else samples
+    if samples.size and magnitude.max() > MAX_ABS_SAMPLE:
+        first = int(np.flatnonzero(magnitude > MAX_ABS_SAMPLE)[0])
+        return (f'sample {first + start} has magnitude {float(magnitude[first]):.3g}, more than {MAX_ABS_SAMPLE:g} '
+                f'(60 dB above full scale): a broken or mis-scaled file, not audio in [-1, 1]')
+    return None
+
+
 class AudioError(ValueError):
     """An audio file that cannot be used; the message names the file."""
 
@@ -168,10 +189,9 @@ def read_audio(path: PathLike, sample_rate: Optional[int] = None, on_rate_mismat
     samples = to_mono(np.asarray(samples, dtype=np.float32), channel)
     if samples.size == 0:
         raise AudioError(path, 'empty audio (0 samples)')
-    finite = np.isfinite(samples)
-    if not finite.all():
-        bad = np.flatnonzero(~finite)
-        raise AudioError(path, f'{bad.size} non-finite (NaN/Inf) sample(s), first at sample {int(bad[0]) + start}')
+    problem = sample_problem(samples, start)
+    if problem:
+        raise AudioError(path, problem)
     wave = torch.from_numpy(np.ascontiguousarray(samples))
     if sample_rate is not None and file_rate != sample_rate:
         if on_rate_mismatch == 'error':

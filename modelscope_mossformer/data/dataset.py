@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .audio import AudioError, read_audio, to_mono
+from .audio import AudioError, read_audio, sample_problem, to_mono
 from .manifest import Example
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,8 @@ class ManifestDataset(Dataset):
         except AudioError as err:
             raise ExampleError(f'{self._where(example)}: {err}') from None
         _check_lengths(mix, sources, self._where(example))
-        return {'id': example.id, 'mix': mix, 'sources': torch.stack(sources)}
+        return {'id': example.id, 'mix': mix, 'sources': torch.stack(sources),
+                'origin': f'{self._where(example)} ({example.mix})'}
 
 
 def _as_wave(value: Any, where: str) -> torch.Tensor:
@@ -102,8 +103,9 @@ def _as_wave(value: Any, where: str) -> torch.Tensor:
         array = to_mono(array if array.shape[0] >= array.shape[1] else array.T)
     if array.ndim != 1 or array.size == 0:
         raise ExampleError(f'{where}: expected a non-empty 1-D waveform, got shape {array.shape}')
-    if not np.isfinite(array).all():
-        raise ExampleError(f'{where}: {int((~np.isfinite(array)).sum())} non-finite (NaN/Inf) sample(s)')
+    problem = sample_problem(array)
+    if problem:
+        raise ExampleError(f'{where}: {problem}')
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
@@ -189,10 +191,12 @@ class SeparationDataset(Dataset):
         bad_example_policy: 'raise' stops on a bad example with its location;
             'skip' logs it, yields None (dropped by `collate_separation` and counted).
         seed: base seed; items are reproducible for a given (seed, epoch, index).
+        min_samples: utterances shorter than this (the encoder kernel) are bad examples.
     """
 
     def __init__(self, base: Dataset, sample_rate: int, segment_seconds: Optional[float] = None, train: bool = True,
-                 augment: Optional[AugmentConfig] = None, bad_example_policy: str = 'raise', seed: int = 0) -> None:
+                 augment: Optional[AugmentConfig] = None, bad_example_policy: str = 'raise', seed: int = 0,
+                 min_samples: int = 0) -> None:
         if bad_example_policy not in BAD_EXAMPLE_POLICIES:
             raise ValueError(f'bad_example_policy must be one of {BAD_EXAMPLE_POLICIES}, got {bad_example_policy!r}')
         if segment_seconds is not None and segment_seconds <= 0:
@@ -205,6 +209,7 @@ class SeparationDataset(Dataset):
         self.augment = augment or AugmentConfig()
         self.policy = bad_example_policy
         self.seed = seed
+        self.min_samples = int(min_samples)
         self.epoch = 0
         self._speed = None
 
@@ -255,6 +260,9 @@ class SeparationDataset(Dataset):
             item = self._dynamic_mix(index, rng)
         else:
             item = self.base[index]
+            if item['mix'].shape[-1] < self.min_samples:
+                raise ExampleError(f"{item.get('origin', item['id'])}: {item['mix'].shape[-1]} sample(s), shorter "
+                                   f'than the model\'s encoder kernel ({self.min_samples} samples)')
             both = self._crop(torch.cat((item['mix'].unsqueeze(0), item['sources'])), rng)
             item = dict(item, mix=both[0], sources=both[1:])
         if self.train and self.augment.speed_perturb:
@@ -300,7 +308,7 @@ def collate_separation(batch: List[Optional[Dict[str, Any]]]) -> Dict[str, Any]:
         mix[row, :n] = item['mix']
         sources[row, :, :n] = item['sources']
     return {'ids': [item['id'] for item in items], 'mix': mix, 'sources': sources, 'lengths': lengths,
-            'skipped': skipped}
+            'skipped': skipped, 'origins': [item.get('origin', str(item['id'])) for item in items]}
 
 
 def length_mask(lengths: torch.Tensor, max_length: Optional[int] = None) -> torch.Tensor:

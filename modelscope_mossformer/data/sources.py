@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 from torch.utils.data import Dataset
 
 from .dataset import ManifestDataset, RowDataset, source_field
-from .manifest import FILE_SUFFIX, MIX_COLUMN, load_manifest, read_csv_manifest, source_column
+from .manifest import FILE_SUFFIX, MIX_COLUMN, ManifestError, load_manifest, read_csv_manifest, source_column
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,12 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     except OSError as err:
         logger.debug('hub %s unreachable: %s', url.hostname, err)
         return False
+
+
+def looks_like_path(name: str) -> bool:
+    """A string that can only be a local path: absolute, ./ ../ ~, or more than one separator."""
+    return os.path.isabs(name) or name.startswith(('.', '~')) or name.count('/') > 1 or os.sep != '/' and \
+        os.sep in name
 
 
 def is_local_source(source: PathLike) -> bool:
@@ -102,6 +108,9 @@ def load_split(source: Union[PathLike, Any], split: str, num_spks: int = 2, samp
         return ManifestDataset(load_manifest(Path(os.path.expanduser(str(source))), split=split,
                                              num_spks=num_spks, sample_rate=sample_rate), sample_rate)
     name = str(source)
+    if looks_like_path(name):
+        raise ManifestError(f'{name}: no such file or folder (given as the {split} dataset; a ModelScope dataset '
+                            f'name looks like Libri2Mix_8k or owner/name)')
     if not hub_reachable(probe_timeout):
         raise HubUnavailableError(
             f'cannot load dataset {name!r} (split {split!r}): the ModelScope hub at {hub_endpoint()} is not '
