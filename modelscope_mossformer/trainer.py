@@ -61,7 +61,7 @@ class NonFiniteLossError(ValueError):
 
 
 class NonFiniteWeightsError(ValueError):
-    """The weights became NaN/Inf; nothing of that epoch is kept."""
+    """The weights (or the validation output) became NaN/Inf; nothing of that epoch is kept."""
 
 
 class DiskFullError(OSError):
@@ -243,6 +243,8 @@ def _brain_class():
             estimates = predictions.float()
             if stage == sb.Stage.TRAIN:
                 return pit_si_snr_loss(estimates, references, lengths, self.hparams.loss_threshold_db)
+            if not torch.isfinite(estimates).all():  # a score of such output is meaningless: poison the mean
+                return torch.tensor(float('nan'), device=estimates.device)
             scores, _ = pit_si_snr(estimates, references, lengths)
             return -scores.mean()
 
@@ -296,11 +298,13 @@ def _brain_class():
                 return
             valid_si_snr = -stage_loss
             broken = [name for name, p in self.modules.named_parameters() if not torch.isfinite(p).all()]
-            if broken:  # nothing of this epoch is kept: the last checkpoint and best_model/ stay as they are
+            if broken or not math.isfinite(float(valid_si_snr)):
+                # nothing of this epoch is kept: the last checkpoint and best_model/ stay as they are
+                what = (f'{len(broken)} weight tensor(s) are no longer finite (first {broken[0]})' if broken else
+                        f'the validation SI-SNR is {float(valid_si_snr)} (the model outputs NaN/Inf)')
                 raise NonFiniteWeightsError(
-                    f'epoch {epoch}: {len(broken)} weight tensor(s) are no longer finite (first {broken[0]}); '
-                    'this epoch is neither checkpointed nor exported, the previous checkpoint and best_model/ are '
-                    'kept. Resume with a lower learning rate or check the training data.')
+                    f'epoch {epoch}: {what}; this epoch is neither checkpointed nor exported, the previous '
+                    'checkpoint and best_model/ are kept. Resume with a lower learning rate or check the data.')
             old_lr, new_lr = self.hparams.lr_scheduler([self.optimizer], epoch, stage_loss)
             sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
             stats = {'train_loss': self.train_loss, 'valid_si_snr': valid_si_snr, 'lr': old_lr,
@@ -667,6 +671,9 @@ class SpeechSeparationTrainer(BaseTrainer):
                 continue
             with torch.inference_mode():
                 estimates = separator(item['mix'][None].to(self.device))[0].float().cpu()
+            if not torch.isfinite(estimates).all():
+                raise ValueError(f"{item.get('origin', item['id'])}: the model produced non-finite (NaN/Inf) "
+                                 f'output; check the weights of {source or self.model.model_dir}')
             rows.append({'id': item['id'], **separation_scores(estimates, item['sources'], item['mix'])})
         if not rows:
             raise ValueError('evaluation dataset yielded no usable example')
