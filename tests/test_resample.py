@@ -149,3 +149,22 @@ def test_stream_refuses_a_change_of_channels_and_finishes_once():
         streamer.push(torch.randn(3, 100))
     assert streamer.finish().shape == (2, 50)
     assert streamer.finish() is None
+
+
+def test_the_benchmark_runs_and_reports_every_rate_pair():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(repo / 'bench' / 'bench_resample.py'), '--seconds', '0.5',
+                             '--repeat', '1', '--slow-limit', '500'], capture_output=True, text=True, timeout=600,
+                            cwd=repo)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split('|')[1:-1] for line in result.stdout.splitlines() if line.startswith('| ') and 'from' not in line]
+    assert [(int(r[0]), int(r[1])) for r in rows] == [(a, b) for a in (8000, 16000, 22050, 44100, 44101, 48000)
+                                                      for b in (8000, 16000) if a != b]
+    assert all(float(r[-1]) <= 1e-6 for r in rows)  # streamed = whole
+    assert all(float(r[6].split()[0]) > 110 for r in rows)  # tone SNR, HQ
+    skipped = {(int(r[0]), int(r[1])) for r in rows if r[4].strip() == 'skipped'}
+    assert (44101, 8000) in skipped and (16000, 8000) not in skipped  # the old path only where it is cheap
