@@ -190,7 +190,9 @@ def bench_train(name: str, seconds: float, repeats: int) -> Dict[str, Any]:
     # gradients agree (dropout off so that both are deterministic)
     _step(ours, ours, mix)
     _step(reference, lambda m: reference_forward(reference, m), mix)
-    worst = max(float((actual - expected).abs().max() / expected.abs().max().clamp(min=1e-12))
+    # norm-relative per parameter: |g_ours - g_ref| / |g_ref| (a max-relative figure depends on which thread
+    # summed which element first, so it moved between 1e-4 and 4e-3 with the machine's load)
+    worst = max(float((actual - expected).norm() / expected.norm().clamp(min=1e-12))
                 for _, actual, expected in paired_gradients(ours, reference))
     ours.train(), reference.train()
 
@@ -210,14 +212,14 @@ def bench_train(name: str, seconds: float, repeats: int) -> Dict[str, Any]:
     times = interleaved(fns, repeats)
     med = {key: statistics.median(value) for key, value in times.items()}
     row = {'model': LABELS[name], 'seconds': seconds, 'repeats': repeats, 'times': times,
-           'max_rel_grad_diff': worst, **{f'{key}_s': value for key, value in med.items()},
+           'norm_rel_grad_diff': worst, **{f'{key}_s': value for key, value in med.items()},
            'ratio': med['ours'] / med['reference'], 'bf16_over_reference': med['ours_bf16'] / med['reference'],
            'bf16_over_fp32': med['ours_bf16'] / med['ours'],
            'checkpointed_over_plain': med['ours_checkpointed'] / med['ours']}
     log(f'  {LABELS[name]:<14} train step {seconds:g} s: ours {med["ours"]:.2f} s, reference '
         f'{med["reference"]:.2f} s, ratio {row["ratio"]:.3f}; bf16 {med["ours_bf16"]:.2f} s '
         f'({row["bf16_over_reference"]:.3f} x reference); checkpointed {med["ours_checkpointed"]:.2f} s '
-        f'({row["checkpointed_over_plain"]:.2f} x plain); max rel grad diff {worst:.1e}')
+        f'({row["checkpointed_over_plain"]:.2f} x plain); norm-relative grad diff {worst:.1e}')
     return row
 
 
@@ -286,7 +288,7 @@ def print_summary(result: Dict[str, Any]) -> None:
     for r in result.get('train', []):
         log(f'train step {r["model"]} {r["seconds"]:g} s: ours/ref {r["ratio"]:.3f}, bf16/ref '
             f'{r["bf16_over_reference"]:.3f}, checkpointed/plain {r["checkpointed_over_plain"]:.2f}, '
-            f'max rel grad diff {r["max_rel_grad_diff"]:.1e}')
+            f'norm-relative grad diff {r["norm_rel_grad_diff"]:.1e}')
     for r in result.get('memory', []):
         log(f'training memory {r["model"]}: {r["plain"]["mb_per_second"]:.0f} -> '
             f'{r["checkpointed"]["mb_per_second"]:.0f} MB per second of audio with activation checkpointing')

@@ -189,7 +189,6 @@ def run_ours(spec: Dict[str, Any]) -> Dict[str, Any]:
     from modelscope.metainfo import Trainers
     from modelscope.trainers import build_trainer
 
-    import modelscope_mossformer.trainer as trainer_module
 
     recorded: List[Dict[str, torch.Tensor]] = []
 
@@ -198,19 +197,14 @@ def run_ours(spec: Dict[str, Any]) -> Dict[str, Any]:
                          'sources': batch['sources'].clone(), 'lengths': batch['lengths'].clone()})
 
     timer = StepTimer(spec['device'], record)
-    make_brain_class = trainer_module._brain_class
+    from modelscope_mossformer import brain as brain_module
 
-    def timed_brain_class():
-        base = make_brain_class()
+    class TimedSeparationBrain(brain_module.SeparationBrain):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.fit_batch = timer.wrap(super().fit_batch)
 
-        class TimedSeparationBrain(base):
-            def __init__(self, *args: Any, **kwargs: Any) -> None:
-                super().__init__(*args, **kwargs)
-                self.fit_batch = timer.wrap(super().fit_batch)
-
-        return TimedSeparationBrain
-
-    trainer_module._brain_class = timed_brain_class
+    brain_module.SeparationBrain = TimedSeparationBrain
     trainer = build_trainer(Trainers.speech_separation, default_args=dict(
         model=spec['ours_model_dir'], train_dataset=spec['train_csv'], eval_dataset=spec['validation_csv'],
         work_dir=spec['ours_work_dir'], max_epochs=1, device=spec['device'],

@@ -11,6 +11,7 @@ then starts from those weights at the fine-tune learning rate (5e-5 unless `--lr
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 import modelscope_mossformer  # noqa: F401
@@ -20,6 +21,9 @@ from modelscope.trainers import build_trainer
 from modelscope_mossformer.presets import write_model_dir
 
 from _common import TINY_TRAIN, add_common_arguments, demo_corpus, tiny_overrides
+
+# this script owns its logging: INFO lines (fine-tuning source, checkpoints) go to work_dir/log.txt
+logging.getLogger('modelscope_mossformer').setLevel(logging.INFO)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ and only rank 0 writes checkpoints and logs.  On CPU the gloo backend is used (t
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 import modelscope_mossformer  # noqa: F401
@@ -19,6 +20,9 @@ from modelscope.trainers import build_trainer
 from modelscope_mossformer.presets import write_model_dir
 
 from _common import TINY_TRAIN, add_common_arguments, demo_corpus, tiny_overrides
+
+# this script owns its logging: INFO lines (fine-tuning source, checkpoints) go to work_dir/log.txt
+logging.getLogger('modelscope_mossformer').setLevel(logging.INFO)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ Offline it uses a local CSV (the built-in demo corpus stands in for Libri2Mix) a
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 import modelscope_mossformer  # noqa: F401 - registers this package's components in ModelScope
@@ -22,6 +23,9 @@ from modelscope_mossformer.data.sources import hub_reachable
 from modelscope_mossformer.presets import write_model_dir
 
 from _common import TINY_TRAIN, add_common_arguments, demo_corpus, tiny_overrides
+
+# this script owns its logging: INFO lines (fine-tuning source, checkpoints) go to work_dir/log.txt
+logging.getLogger('modelscope_mossformer').setLevel(logging.INFO)
 
 FIELDS = [('mix_wav:FILE', 'mix_sig'), ('s1_wav:FILE', 's1_sig'), ('s2_wav:FILE', 's2_sig')]
 

@@ -31,12 +31,11 @@ import csv
 import io
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -44,15 +43,13 @@ import torch
 from .data.audio import (RESAMPLE_QUALITY, AudioError, _as_frames, _check_rates, _flush_padding, _to_tensor,
                          audio_info, read_audio, resampled_length, sample_problem)
 from .data.manifest import AUDIO_SUFFIXES, MIX_COLUMN, ManifestError, load_manifest
-from .inference import SeparationEngine
+from .inference import OUTPUT_PEAK, SILENCE_PEAK, SeparationEngine, level_gain, overlapping_chunks
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
 CLIP_LEVEL = 0.999  # |x| at or above this counts as a clipped sample
-SILENCE_PEAK = 1e-6  # below one 16-bit step: digital silence
-OUTPUT_PEAK = 0.999  # written estimates stay below this
 READ_BLOCK_SECONDS = 2.0  # file block size for scanning and streaming
 LONG_FILE_SECONDS = 60.0  # files longer than this get their own progress bar
 METRIC_KEYS = ('si-snr', 'si-snri', 'sdr', 'sdri')
@@ -251,37 +248,6 @@ class _Fifo:
             taken.append(part)
             have += part.shape[-1]
         return torch.cat(taken) if taken else torch.zeros(0)
-
-
-def overlapping_chunks(blocks: Iterable[torch.Tensor], chunk: int, hop: int,
-                       on_new_samples: Optional[Callable[[torch.Tensor], None]] = None) -> Iterator[torch.Tensor]:
-    """Cut a stream of [n] blocks into the chunks `SeparationEngine.chunks` cuts from the whole signal.
-
-    Args:
-        blocks: consecutive pieces of the signal.
-        chunk: chunk length in samples.
-        hop: distance between chunk starts.
-        on_new_samples: called with each chunk's samples not seen in an earlier chunk.
-    """
-    iterator = iter(blocks)
-    buffer = torch.zeros(0)
-    ended = False
-    seen = 0  # samples at the start of `buffer` already reported as new
-    while True:
-        while not ended and buffer.shape[-1] <= chunk:
-            block = next(iterator, None)
-            if block is None:
-                ended = True
-            else:
-                buffer = torch.cat((buffer, block))
-        piece = buffer[:chunk]
-        if on_new_samples is not None:
-            on_new_samples(piece[seen:])
-        yield piece
-        if buffer.shape[-1] <= chunk:  # this chunk reached the end of the signal
-            return
-        buffer = buffer[hop:]
-        seen = chunk - hop
 
 
 # ---------------------------------------------------------------------------
@@ -532,12 +498,7 @@ def _separate_stream(engine: SeparationEngine, path: Path, scan: AudioScan, out:
         emit(tail)
     if out.written < scan.frames:  # cannot happen with a length-preserving model; keep the length anyway
         emit(torch.zeros(out.count, scan.frames - out.written))
-    gain = dot / energy if energy > 0 else 1.0
-    if not math.isfinite(gain) or gain <= 0:
-        gain = 1.0  # estimates anti-correlated with the mixture: leave the level alone
-    if gain * top > OUTPUT_PEAK:
-        gain = OUTPUT_PEAK / top
-    return gain
+    return level_gain(dot, energy, top, OUTPUT_PEAK)
 
 
 # ---------------------------------------------------------------------------

@@ -316,7 +316,8 @@ def _progress_friendly_logging(enabled: bool) -> Iterator[None]:
         yield
 
 
-def _build_pipeline(args: argparse.Namespace):
+def _build_engine(args: argparse.Namespace):
+    """The separation engine for --model (no ModelScope pipeline in between: the CLI streams files itself)."""
     model_dir = _model_dir(args.model)
     device = resolve_device(args.device)
     if args.precision == 'fp16' and not device.startswith('cuda'):
@@ -325,16 +326,20 @@ def _build_pipeline(args: argparse.Namespace):
     if chunk is not None and not 0 < args.overlap_seconds < chunk:
         raise UsageError(f'--overlap-seconds {args.overlap_seconds:g} must be above 0 and below '
                          f'--chunk-seconds {chunk:g}')
-    import modelscope_mossformer  # noqa: F401 - registers the pipeline
-    from modelscope.pipelines import pipeline
+    import modelscope_mossformer  # noqa: F401 - registers the model types
 
-    from .metainfo import TASK
+    from .inference import SeparationEngine
+    from .model import load_model_dir
 
     try:
-        return pipeline(TASK, model=str(model_dir), device=device, chunk_seconds=chunk,
-                        overlap_seconds=args.overlap_seconds, precision=args.precision)
+        model = load_model_dir(model_dir)
     except (FileNotFoundError, ValueError, KeyError) as err:
         raise UsageError(f'--model {args.model}: cannot load the model ({err})') from err
+    if model.weights_source is None:
+        raise UsageError(f'--model {args.model}: the model dir holds no weights to separate with')
+    model.separator.to(device).eval()
+    return SeparationEngine(model.separator, model.sample_rate, device=device, precision=args.precision,
+                            chunk_seconds=chunk, overlap_seconds=args.overlap_seconds)
 
 
 def _print_summary(summary: Any, out_dir: str) -> None:
@@ -357,7 +362,7 @@ def _run_separation(args: argparse.Namespace, inputs: List[str], split: Optional
     from .batch import separate_many
     from .data.manifest import ManifestError
 
-    separator = _build_pipeline(args)
+    separator = _build_engine(args)
     progress = not args.no_progress
     with _progress_friendly_logging(progress):
         try:

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, List, Optional
 
-import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
@@ -81,16 +81,64 @@ class ChunkStitcher:
         return tail if tail is not None else torch.zeros(0, 0)
 
 
-def match_mixture_level(estimates: torch.Tensor, mix: torch.Tensor, peak: float = 0.999) -> torch.Tensor:
+OUTPUT_PEAK = 0.999  # separated outputs stay below this
+SILENCE_PEAK = 1e-6  # an input peak below one 16-bit step is digital silence: the model does not run
+
+
+def level_gain(dot: float, energy: float, top: float, peak: float = OUTPUT_PEAK) -> float:
+    """The one factor that fits the estimates' sum to the mixture, lowered so that no output clips.
+
+    Args:
+        dot: <sum of the estimates, mixture>; energy: |sum of the estimates|^2 (least squares: dot / energy).
+        top: the estimates' peak before scaling.
+        peak: the highest output level allowed.
+    """
+    gain = dot / energy if energy > 0 else 1.0
+    if not math.isfinite(gain) or gain <= 0:
+        gain = 1.0  # estimates anti-correlated with the mixture: leave the level alone
+    if gain * top > peak:
+        gain = peak / top
+    return gain
+
+
+def match_mixture_level(estimates: torch.Tensor, mix: torch.Tensor, peak: float = OUTPUT_PEAK) -> torch.Tensor:
     """Scale [C, T] estimates by one factor so their sum best fits `mix` [T]; avoid clipping."""
     total = estimates.sum(0)
-    energy = float(total.pow(2).sum())
-    gain = float((total * mix).sum()) / energy if energy > 0 else 1.0
-    if not np.isfinite(gain) or gain <= 0:
-        gain = 1.0  # an estimate anti-correlated with the mixture: leave the level alone
-    scaled = estimates * gain
-    top = float(scaled.abs().max()) if scaled.numel() else 0.0
-    return scaled * (peak / top) if top > peak else scaled
+    top = float(estimates.abs().max()) if estimates.numel() else 0.0
+    return estimates * level_gain(float((total * mix).sum()), float(total.pow(2).sum()), top, peak)
+
+
+def overlapping_chunks(blocks: Iterable[torch.Tensor], chunk: int, hop: int,
+                       on_new_samples: Optional[Callable[[torch.Tensor], None]] = None) -> Iterator[torch.Tensor]:
+    """Cut a stream of [n] blocks into overlapping chunks (`SeparationEngine.chunks` of a whole signal).
+
+    Args:
+        blocks: consecutive pieces of the signal.
+        chunk: chunk length in samples.
+        hop: distance between chunk starts.
+        on_new_samples: called with each chunk's samples not seen in an earlier chunk.
+    """
+    iterator = iter(blocks)
+    buffer = torch.zeros(0)
+    ended = False
+    seen = 0  # samples at the start of `buffer` already reported as new
+    while True:
+        while not ended and buffer.shape[-1] <= chunk:
+            block = next(iterator, None)
+            if block is None:
+                ended = True
+            else:
+                buffer = torch.cat((buffer, block))
+        piece = buffer[:chunk]
+        if on_new_samples is not None:
+            on_new_samples(piece[seen:])
+        yield piece
+        if buffer.shape[-1] <= chunk:  # this chunk reached the end of the signal
+            return
+        buffer = buffer[hop:]
+        seen = chunk - hop
+
+
 
 
 @dataclass
@@ -141,13 +189,7 @@ class SeparationEngine:
 
     def chunks(self, mix: torch.Tensor) -> Iterator[torch.Tensor]:
         """Overlapping chunks of an in-memory signal [T]."""
-        plan = self.plan
-        start = 0
-        while True:
-            yield mix[start:start + plan.chunk]
-            if start + plan.chunk >= mix.shape[-1]:
-                return
-            start += plan.hop
+        return overlapping_chunks([mix], self.plan.chunk, self.plan.hop)
 
     def separate_stream(self, chunks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
         """Separate overlapping mixture chunks (as `chunks` cuts them); yield final [C, m] blocks in order."""

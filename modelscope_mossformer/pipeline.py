@@ -24,7 +24,7 @@ from modelscope.pipelines import Pipeline
 from modelscope.pipelines.builder import PIPELINES
 
 from .data.audio import AudioError, read_audio, resample, sample_problem, to_mono
-from .inference import SeparationEngine, match_mixture_level
+from .inference import SILENCE_PEAK, SeparationEngine, match_mixture_level
 from .metainfo import MODEL_TYPES, TASK
 from .model import ensure_ours
 from .registration import register
@@ -122,7 +122,7 @@ class MossFormerSeparationPipeline(Pipeline):
 
     def forward(self, inputs: Dict[str, Any], **forward_params: Any) -> Dict[str, Any]:
         mix = inputs['mix']
-        if float(mix.abs().max()) == 0.0:
+        if float(mix.abs().max()) < SILENCE_PEAK:
             logger.warning('the input is silent; the outputs are silent too')
             estimates = torch.zeros(self.model.num_spks, mix.shape[-1])
         else:

@@ -19,10 +19,8 @@ Files in ``work_dir``:
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
-import errno
 import json
 import logging
 import math
@@ -42,278 +40,21 @@ from .data.dataset import AugmentConfig, SeparationDataset, collate_separation
 from .data.sources import load_split
 from .hub import resolve_model_dir
 from .metainfo import Trainers
-from .metrics import pit_si_snr, pit_si_snr_loss, separation_scores
+from .metrics import separation_scores
 from .model import MossFormerSeparation, load_model_dir, read_configuration, write_configuration
 from .models import build_separator
-from .models.checkpoint import CheckpointError, atomic_save, find_weights, load_weights, safe_torch_load
+from .models.checkpoint import find_weights, load_weights
+from .errors import DiskFullError, NonFiniteLossError, NonFiniteWeightsError  # noqa: F401 - re-exported
 from .registration import register
-from .workdir import RUN_FILE, WorkDirLock, check_resume, run_record
 from .train_config import (DEFAULT_TRAIN_CONFIG, merge_config, modified_section, released_spelling,  # noqa: F401
                            resolve_train_config)
+from .workdir import (DELETING_PREFIX, PARTIAL_PREFIX, RUN_FILE, WorkDirLock, check_resume, disk_errors_named,
+                      run_record)
 
 logger = logging.getLogger(__name__)
 
-PARTIAL_PREFIX = '.partial-'  # a checkpoint being written
-DELETING_PREFIX = '.deleting-'  # a checkpoint being deleted
-
-class NonFiniteLossError(ValueError):
-    """The training loss stayed non-finite past `nonfinite_patience`; names the last examples."""
-
-
-class NonFiniteWeightsError(ValueError):
-    """The weights (or the validation output) became NaN/Inf; nothing of that epoch is kept."""
-
-
-class DiskFullError(OSError):
-    """No space left where a checkpoint or model is written; names the place and the bytes."""
-
-
-@contextlib.contextmanager
-def disk_errors_named(target: Path, needed_bytes: Callable[[], int], cleanup: Optional[Path] = None):
-    """Re-raise a full disk (ENOSPC, or PyTorch's "unexpected pos" from a short write) as `DiskFullError`
-    naming `target`, the free and the needed bytes; the half-written `cleanup` folder is removed."""
-    try:
-        yield
-    except (OSError, RuntimeError) as err:
-        text = str(err)
-        if getattr(err, 'errno', None) != errno.ENOSPC and 'No space left' not in text \
-                and 'unexpected pos' not in text:
-            raise
-        if cleanup is not None:
-            shutil.rmtree(cleanup, ignore_errors=True)
-        anchor = next((p for p in (target, *target.parents) if p.exists()), Path('/'))
-        free = shutil.disk_usage(anchor).free
-        raise DiskFullError(errno.ENOSPC, f'no space left on the device holding {target}: {free} bytes free, '
-                                          f'about {needed_bytes()} needed; free space or move work_dir '
-                                          f'(the previous checkpoint and best_model/ are intact)') from err
-
-
 def _is_main_process() -> bool:
     return int(os.environ.get('RANK', '0')) == 0
-
-
-# ---------------------------------------------------------------------------
-# SpeechBrain pieces
-# ---------------------------------------------------------------------------
-
-
-def _atomic_checkpointer_class():
-    from speechbrain.utils.checkpoints import METAFNAME, Checkpoint, Checkpointer
-    from speechbrain.utils.distributed import ddp_barrier, ddp_broadcast, if_main_process
-
-    class AtomicCheckpointer(Checkpointer):
-        """Writes each checkpoint into a hidden folder and renames it into place when complete.
-
-        SpeechBrain's own checkpointer writes the meta file first and the weights
-        after it, so a kill mid-save leaves a folder that looks complete.  Here the
-        folder only gets its ``CKPT+`` name once every file is on disk.
-        """
-
-        def save_checkpoint(self, meta={}, end_of_epoch=True, name=None, verbosity=logging.INFO):  # noqa: B006
-            final = tmp = None
-            if if_main_process():
-                final = self._new_checkpoint_dirpath() if name is None else self._custom_checkpoint_dirpath(name)
-                tmp = final.parent / f'{PARTIAL_PREFIX}{final.name}'
-                shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir(parents=True)
-            tmp = ddp_broadcast(tmp, src=0)
-            with disk_errors_named(tmp, self._needed_bytes, cleanup=tmp):
-                for key, obj in self.recoverables.items():
-                    path = tmp / f'{key}.ckpt'
-                    if key in self.custom_save_hooks:
-                        self.custom_save_hooks[key](obj, path)
-                        continue
-                    from speechbrain.utils.checkpoints import DEFAULT_SAVE_HOOKS, get_default_hook
-
-                    hook = get_default_hook(obj, DEFAULT_SAVE_HOOKS)
-                    if hook is None:
-                        raise RuntimeError(f"don't know how to save {type(obj)} ({key})")
-                    hook(obj, path)
-            ddp_barrier()
-            checkpoint = None
-            if if_main_process():
-                with disk_errors_named(tmp, self._needed_bytes, cleanup=tmp):
-                    saved_meta = self._save_checkpoint_metafile(tmp / METAFNAME, meta, end_of_epoch)
-                    for file in tmp.iterdir():
-                        with open(file, 'rb') as handle:
-                            os.fsync(handle.fileno())
-                os.rename(tmp, final)
-                logger.log(verbosity, 'saved %s checkpoint %s', 'end-of-epoch' if end_of_epoch else 'intra-epoch',
-                           final)
-                checkpoint = Checkpoint(final, saved_meta, {k: final / f'{k}.ckpt' for k in self.recoverables})
-            # every rank lists the checkpoints next (save_and_keep_only) and must see this one, or their
-            # deletion loops run different numbers of collectives and hang
-            ddp_barrier()
-            return checkpoint
-
-        def _needed_bytes(self) -> int:
-            """About what one checkpoint takes: the weights and Adam's two moments."""
-            separator = self.recoverables.get('separator')
-            weights = sum(p.numel() * p.element_size() for p in separator.parameters()) if separator else 0
-            return 3 * weights
-
-        def _call_load_hooks(self, checkpoint):
-            # SpeechBrain's load hooks call torch.load without weights_only (unpickling anything on torch < 2.6):
-            # every file holding tensors is read weights-only first, so a crafted pickle is refused, never run.
-            # The text files (epoch counter, brain state, loader position) are parsed by SpeechBrain as text.
-            from speechbrain.dataio.dataloader import SaveableDataLoader
-            from speechbrain.utils.epoch_loop import EpochCounter
-
-            for name, path in checkpoint.paramfiles.items():
-                obj = self.recoverables.get(name)
-                if obj is None or isinstance(obj, (EpochCounter, SaveableDataLoader, sb_brain_type())):
-                    continue
-                safe_torch_load(path)
-            try:
-                return super()._call_load_hooks(checkpoint)
-            except Exception as err:  # noqa: BLE001 - SpeechBrain's parse errors name no file
-                raise CheckpointError(f'{checkpoint.path}: cannot resume from this checkpoint '
-                                      f'({type(err).__name__}: {err})') from err
-
-        @staticmethod
-        def _delete_checkpoint(checkpoint, verbosity=logging.INFO):
-            # renamed out of the CKPT+ namespace first: a kill during the deletion leaves a .deleting- folder
-            # that the next start removes, never a CKPT+ folder without its CKPT.yaml
-            path = Path(checkpoint.path)
-            doomed = path.with_name(f'{DELETING_PREFIX}{path.name}')
-            os.rename(path, doomed)
-            shutil.rmtree(doomed)
-            logger.log(verbosity, 'deleted checkpoint %s', path)
-
-    return AtomicCheckpointer
-
-
-def sb_brain_type() -> type:
-    import speechbrain as sb
-
-    return sb.Brain
-
-
-def rng_state_to_tensors() -> Dict[str, Any]:
-    """Python, NumPy and torch random states as tensors and plain values (loadable with weights_only=True)."""
-    version, python_state, gauss = random.getstate()
-    key, numpy_state, pos, has_gauss, cached = np.random.get_state()
-    return {'python': {'version': version, 'state': torch.tensor(python_state, dtype=torch.int64), 'gauss': gauss},
-            'numpy': {'key': key, 'state': torch.from_numpy(numpy_state.astype(np.int64)), 'pos': int(pos),
-                      'has_gauss': int(has_gauss), 'cached_gaussian': float(cached)},
-            'torch': torch.get_rng_state(),
-            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    python, numpy_state = state['python'], state['numpy']
-    random.setstate((python['version'], tuple(int(v) for v in python['state'].tolist()), python['gauss']))
-    np.random.set_state((numpy_state['key'], numpy_state['state'].numpy().astype(np.uint32), numpy_state['pos'],
-                         numpy_state['has_gauss'], numpy_state['cached_gaussian']))
-    torch.set_rng_state(state['torch'])
-    if state['cuda'] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
-
-
-def _rng_state_class():
-    from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
-
-    @register_checkpoint_hooks
-    class RNGState:
-        """Python, NumPy and torch random states, saved with every checkpoint."""
-
-        @mark_as_saver
-        def save(self, path):
-            atomic_save(rng_state_to_tensors(), path)
-
-        @mark_as_loader
-        def load(self, path, end_of_epoch=False):
-            restore_rng_state(safe_torch_load(path))
-
-    return RNGState
-
-
-def _brain_class():
-    import speechbrain as sb
-
-    class SeparationBrain(sb.Brain):
-        """PIT SI-SNR training of a separator held in ``modules.separator``."""
-
-        def compute_forward(self, batch, stage):
-            return self.modules.separator(batch['mix'].to(self.device))
-
-        def compute_objectives(self, predictions, batch, stage):
-            references = batch['sources'].to(self.device)
-            lengths = batch['lengths'].to(self.device)
-            estimates = predictions.float()
-            if stage == sb.Stage.TRAIN:
-                return pit_si_snr_loss(estimates, references, lengths, self.hparams.loss_threshold_db)
-            if not torch.isfinite(estimates).all():  # a score of such output is meaningless: poison the mean
-                return torch.tensor(float('nan'), device=estimates.device)
-            scores, _ = pit_si_snr(estimates, references, lengths)
-            return -scores.mean()
-
-        def fit_batch(self, batch):
-            self.skipped += int(batch['skipped'])
-            if len(batch['ids']) == 0:
-                return torch.tensor(0.0)
-            self.batch_origins = batch.get('origins') or [str(i) for i in batch['ids']]
-            return super().fit_batch(batch)
-
-        def check_loss_isfinite(self, loss):
-            if not torch.isfinite(loss):
-                examples = ', '.join(self.batch_origins)
-                if self.nonfinite_count + 1 > self.nonfinite_patience:
-                    raise NonFiniteLossError(
-                        f'the training loss was not finite {self.nonfinite_count + 1} times (nonfinite_patience '
-                        f'{self.nonfinite_patience}), the last time on {examples}: check these files (a sample far '
-                        'outside [-1, 1], silence in every source) or lower the learning rate')
-                logger.warning('non-finite training loss on %s: step skipped (%d of %d tolerated)', examples,
-                               self.nonfinite_count + 1, self.nonfinite_patience)
-            super().check_loss_isfinite(loss)
-
-        def evaluate_batch(self, batch, stage):
-            self.skipped += int(batch['skipped'])
-            if len(batch['ids']) == 0:
-                return torch.tensor(0.0)
-            return super().evaluate_batch(batch, stage)
-
-        def on_fit_start(self):
-            super().on_fit_start()  # recovers the latest checkpoint, optimiser state included
-            override = self.hparams.optimizer_override
-            if override is not None and self.optimizer is not None:
-                for group in self.optimizer.param_groups:
-                    group.update(override)
-                logger.info('resumed with new optimiser settings %s', override)
-
-        def on_stage_start(self, stage, epoch=None):
-            self.skipped = 0
-            if stage == sb.Stage.TRAIN and epoch is not None:
-                self.hparams.train_set.set_epoch(epoch)
-
-        def on_stage_end(self, stage, stage_loss, epoch=None):
-            if self.skipped:
-                logger.warning('%s epoch %s: skipped %d bad example(s) (bad_example_policy=skip)',
-                               stage.name.lower(), epoch, self.skipped)
-            if stage == sb.Stage.TRAIN:
-                self.train_loss = stage_loss
-                self.train_skipped = self.skipped
-                return
-            if stage != sb.Stage.VALID:
-                return
-            valid_si_snr = -stage_loss
-            broken = [name for name, p in self.modules.named_parameters() if not torch.isfinite(p).all()]
-            if broken or not math.isfinite(float(valid_si_snr)):
-                # nothing of this epoch is kept: the last checkpoint and best_model/ stay as they are
-                what = (f'{len(broken)} weight tensor(s) are no longer finite (first {broken[0]})' if broken else
-                        f'the validation SI-SNR is {float(valid_si_snr)} (the model outputs NaN/Inf)')
-                raise NonFiniteWeightsError(
-                    f'epoch {epoch}: {what}; this epoch is neither checkpointed nor exported, the previous '
-                    'checkpoint and best_model/ are kept. Resume with a lower learning rate or check the data.')
-            old_lr, new_lr = self.hparams.lr_scheduler([self.optimizer], epoch, stage_loss)
-            sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
-            stats = {'train_loss': self.train_loss, 'valid_si_snr': valid_si_snr, 'lr': old_lr,
-                     'train_skipped': self.train_skipped, 'valid_skipped': self.skipped}
-            self.hparams.on_epoch_end(epoch, stats)
-            self.checkpointer.save_and_keep_only(meta={'si-snr': valid_si_snr, 'epoch': epoch},
-                                                 max_keys=['si-snr'], num_to_keep=1)
-
-    return SeparationBrain
 
 
 # ---------------------------------------------------------------------------
@@ -495,10 +236,11 @@ class SpeechSeparationTrainer(BaseTrainer):
                 lock.release()
 
     def _train_locked(self) -> Dict[str, Any]:
-        import speechbrain as sb
         from speechbrain.nnet.schedulers import ReduceLROnPlateau
         from speechbrain.utils.distributed import ddp_init_group
         from speechbrain.utils.epoch_loop import EpochCounter
+
+        from .brain import AtomicCheckpointer, RNGState, SeparationBrain
 
         cfg = self.train_cfg
         self._clean_partial_checkpoints()
@@ -518,9 +260,9 @@ class SpeechSeparationTrainer(BaseTrainer):
         scheduler = ReduceLROnPlateau(lr_min=cfg['lr_scheduler']['lr_min'], factor=cfg['lr_scheduler']['factor'],
                                       patience=cfg['lr_scheduler']['patience'],
                                       dont_halve_until_epoch=cfg['lr_scheduler']['dont_halve_until_epoch'])
-        checkpointer = _atomic_checkpointer_class()(
+        checkpointer = AtomicCheckpointer(
             str(self.checkpoint_dir), recoverables={'separator': separator, 'counter': counter,
-                                                    'lr_scheduler': scheduler, 'rng': _rng_state_class()()})
+                                                    'lr_scheduler': scheduler, 'rng': RNGState()})
         history = []
         # a resume allowed to change the optimiser's settings applies them over the recovered optimiser state
         optimizer_override = ({'lr': lr, 'weight_decay': cfg['weight_decay']}
@@ -529,7 +271,7 @@ class SpeechSeparationTrainer(BaseTrainer):
         hparams = {'loss_threshold_db': cfg['loss_threshold_db'], 'lr_scheduler': scheduler, 'train_set': train_set,
                    'optimizer_override': optimizer_override,
                    'on_epoch_end': lambda epoch, stats: history.append(self._on_epoch_end(epoch, stats))}
-        brain = _brain_class()(modules={'separator': separator},
+        brain = SeparationBrain(modules={'separator': separator},
                                opt_class=lambda params: torch.optim.Adam(params, lr=lr,
                                                                         weight_decay=cfg['weight_decay']),
                                hparams=hparams, run_opts=run_opts, checkpointer=checkpointer)
@@ -548,7 +290,7 @@ class SpeechSeparationTrainer(BaseTrainer):
     def _check_resume(self) -> List[str]:
         """Compare this run with the one whose checkpoints are in save/ (see `workdir.check_resume`);
         record this run's configuration when it starts.  Returns the changed training settings."""
-        run_file = self.checkpoint_dir / RUN_FILE
+        run_file = self.work_dir / RUN_FILE  # not in save/: ModelScope's contract counts the checkpoints there
         record = run_record(self.configuration, self.train_cfg, self.train_dataset)
         resuming = self.checkpoint_dir.is_dir() and any(self.checkpoint_dir.glob('CKPT+*'))
         changed: List[str] = []
@@ -558,7 +300,6 @@ class SpeechSeparationTrainer(BaseTrainer):
             logger.warning('%s: checkpoints without a record of their run (written by an older version); '
                            'resuming without checking that the configuration is the same', self.checkpoint_dir)
         if _is_main_process():
-            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
             tmp = run_file.with_name(f'.{RUN_FILE}.tmp')
             tmp.write_text(json.dumps(record, indent=2) + '\n')
             os.replace(tmp, run_file)

@@ -5,7 +5,7 @@
   kernel drops it when its process dies, so a killed run never blocks the next one; the file keeps the
   last holder's pid and host, which the error for a busy work_dir names, and a start that finds a
   departed holder's record says so in one log line.
-* `compare_runs`: the configuration a run started with (``save/run.json``) against the one resuming it.
+* `compare_runs`: the configuration a run started with (``work_dir/run.json``) against the one resuming it.
   Keys that change what is being trained (the model, the seed, the training data) can never change in a
   resume; training settings (learning rate, schedule, batch, augmentation...) only when the user asks for
   it (`resume_with_new_settings=True`); bookkeeping keys (max_epochs, progress bars, workers, checkpoint
@@ -13,18 +13,25 @@
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from .errors import DiskFullError
 
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = '.lock'
+PARTIAL_PREFIX = '.partial-'  # a checkpoint being written
+DELETING_PREFIX = '.deleting-'  # a checkpoint being deleted
 RUN_FILE = 'run.json'
 
 # train keys a resume may change without asking: they do not change what the run computes
@@ -179,7 +186,7 @@ def check_resume(run_file: Path, record: Mapping[str, Any], allow_new_settings: 
         raise ResumeMismatchError(f'{run_file}: unreadable record of the run these checkpoints belong to '
                                   f'({err}); use another work_dir') from None
     defining, settings, bookkeeping = compare_runs(stored, record)
-    work_dir = run_file.parent.parent
+    work_dir = run_file.parent
     if defining:
         raise ResumeMismatchError(
             f'{work_dir} holds checkpoints of another run: resuming it with {"; ".join(defining)} would mix two '
@@ -192,3 +199,23 @@ def check_resume(run_file: Path, record: Mapping[str, Any], allow_new_settings: 
     for text in bookkeeping + settings:
         logger.info('%s: resuming with %s', work_dir, text)
     return settings
+
+
+@contextlib.contextmanager
+def disk_errors_named(target: Path, needed_bytes: Callable[[], int], cleanup: Optional[Path] = None):
+    """Re-raise a full disk (ENOSPC, or PyTorch's "unexpected pos" from a short write) as `DiskFullError`
+    naming `target`, the free and the needed bytes; the half-written `cleanup` folder is removed."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        text = str(err)
+        if getattr(err, 'errno', None) != errno.ENOSPC and 'No space left' not in text \
+                and 'unexpected pos' not in text:
+            raise
+        if cleanup is not None:
+            shutil.rmtree(cleanup, ignore_errors=True)
+        anchor = next((p for p in (target, *target.parents) if p.exists()), Path('/'))
+        free = shutil.disk_usage(anchor).free
+        raise DiskFullError(errno.ENOSPC, f'no space left on the device holding {target}: {free} bytes free, '
+                                          f'about {needed_bytes()} needed; free space or move work_dir '
+                                          f'(the previous checkpoint and best_model/ are intact)') from err

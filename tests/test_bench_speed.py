@@ -21,7 +21,8 @@ def test_bench_speed_smoke_run_reports_every_section(tmp_path):
     assert row['max_abs_diff'] < 1e-4 and row['ours_s'] > 0 and row['reference_s'] > 0
     assert row['bf16_si_snr_db'] > 20  # bf16 output close to the fp32 output
     (train,) = result['train']
-    assert train['max_rel_grad_diff'] < 1e-3 and train['ours_s'] > 0
+    # float32 gradients of one block agree to ~1e-6 of their norm; 1e-3 leaves room for any summation order
+    assert train['norm_rel_grad_diff'] < 1e-3 and train['ours_s'] > 0
     (memory,) = result['memory']
     assert memory['plain']['step_mb_4s'] > 0 and memory['checkpointed']['step_mb_4s'] > 0
     assert '== summary ==' in proc.stdout

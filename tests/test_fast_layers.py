@@ -13,7 +13,8 @@ def _plain_depthwise(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> to
 
 
 @pytest.mark.parametrize('batch,frames,channels,kernel,dilation', [
-    (1, 50, 8, 17, 1), (3, 37, 5, 5, 2), (2, 100, 16, 39, 4), (2, 10, 4, 39, 1), (1, 9, 3, 7, 8)])
+    # gradcheck costs one forward per input element: the kernel-39, dilation-4 case (the FSMN's) stays small
+    (1, 50, 8, 17, 1), (3, 37, 5, 5, 2), (2, 30, 4, 39, 4), (2, 10, 4, 39, 1), (1, 9, 3, 7, 8)])
 @pytest.mark.parametrize('residual', [False, True])
 def test_depthwise_conv_frames_matches_conv1d_and_its_gradients(batch, frames, channels, kernel, dilation, residual):
     generator = torch.Generator().manual_seed(frames)

@@ -29,12 +29,14 @@ TINY_MODEL = {'type': 'speech_mossformer_separation_temporal_8k', 'enc_channels'
 
 # argv: model_dir train_csv eval_csv work_dir max_epochs reports_dir
 TRAIN_SCRIPT = textwrap.dedent('''
-    import json, os, sys
+    import json, logging, os, sys
 
     import torch
     import torch.distributed as dist
 
     import modelscope_mossformer  # noqa: F401 - registers the trainer
+
+    logging.getLogger('modelscope_mossformer').setLevel(logging.INFO)  # the script's choice: INFO in log.txt
     from modelscope.metainfo import Trainers
     from modelscope.trainers import build_trainer
 
@@ -98,7 +100,7 @@ def test_only_rank_zero_wrote_checkpoints_and_logs(ddp_run):
     work_dir = ddp_run['work_dir']
     rank0_pid = ddp_run['reports'][0]['pid']
     assert sorted(path.name for path in work_dir.iterdir()) == [
-        '.lock', 'best_model', 'configuration.json', 'log.txt', 'save', 'tensorboard', 'train_log.txt']
+        '.lock', 'best_model', 'configuration.json', 'log.txt', 'run.json', 'save', 'tensorboard', 'train_log.txt']
     lines = (work_dir / 'train_log.txt').read_text().splitlines()
     assert [line.split(',')[0] for line in lines] == [f'epoch: {epoch}' for epoch in range(1, MAX_EPOCHS + 1)]
     log = (work_dir / 'log.txt').read_text()

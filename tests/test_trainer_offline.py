@@ -27,8 +27,6 @@ import pytest
 
 from .subprocess_utils import NETWORK_GUARD, RESULT_PREFIX, demo_corpus, run_python, write_model_dir
 
-BUILD_SECONDS = 5.0  # build_trainer on a local model dir, imports excluded
-
 TINY_MODEL = {'type': 'speech_mossformer2_separation_temporal_8k', 'enc_channels': 16, 'model_dim': 16,
               'num_blocks': 1, 'group_size': 16, 'query_key_dim': 16, 'fsmn_inner_channels': 16,
               'fsmn_memory_order': 4}
@@ -72,7 +70,7 @@ def test_build_train_and_evaluate_make_no_network_attempt(corpus, tmp_path):
 
     assert result['guard_active']
     assert result['attempts_after_build'] == [] and result['attempts'] == []
-    assert result['build_seconds'] < BUILD_SECONDS
+    # no time limit here (the suite must hold on a loaded machine): the guard proves no hub was asked
     assert result['epochs'] == [1]
     assert result['scores'] == ['sdr', 'sdri', 'si-snr', 'si-snri']
     assert (tmp_path / 'work' / 'best_model' / 'configuration.json').is_file()

@@ -62,53 +62,43 @@ TRAIN_SCRIPT = textwrap.dedent('''
     import modelscope_mossformer  # noqa: F401 - registers the trainer
     from modelscope.metainfo import Trainers
     from modelscope.trainers import build_trainer
-    from modelscope_mossformer import trainer as trainer_module
+    from modelscope_mossformer import brain as brain_module
 
     options = json.loads(sys.argv[1])
     steps_log = options['steps_log']
     stall_at = tuple(options['stall_at'] or ()) or None
     die_in_save_of_epoch = options['die_in_save_of_epoch']
 
-    plain_brain_class = trainer_module._brain_class
-    plain_checkpointer_class = trainer_module._atomic_checkpointer_class
+    class RecordingBrain(brain_module.SeparationBrain):
+        """Appends one JSON line per optimizer step; optionally stalls after one (to be killed)."""
+
+        def on_stage_start(self, stage, epoch=None):
+            self.record_epoch = epoch
+            super().on_stage_start(stage, epoch)
+
+        def fit_batch(self, batch):
+            loss = super().fit_batch(batch)
+            record = {'pid': os.getpid(), 'epoch': self.record_epoch, 'step': self.step,
+                      'optimizer_step': self.optimizer_step, 'ids': list(batch['ids']), 'loss': float(loss)}
+            with open(steps_log, 'a') as handle:
+                handle.write(json.dumps(record) + '\\n')
+            if stall_at == (self.record_epoch, self.step):
+                time.sleep(600)  # the test sends SIGKILL here, before this step is checkpointed
+            return loss
 
 
-    def recording_brain_class():
-        class RecordingBrain(plain_brain_class()):
-            """Appends one JSON line per optimizer step; optionally stalls after one (to be killed)."""
+    class DyingCheckpointer(brain_module.AtomicCheckpointer):
+        """SIGKILLs its own process in the middle of the end-of-epoch save of one epoch."""
 
-            def on_stage_start(self, stage, epoch=None):
-                self.record_epoch = epoch
-                super().on_stage_start(stage, epoch)
-
-            def fit_batch(self, batch):
-                loss = super().fit_batch(batch)
-                record = {'pid': os.getpid(), 'epoch': self.record_epoch, 'step': self.step,
-                          'optimizer_step': self.optimizer_step, 'ids': list(batch['ids']), 'loss': float(loss)}
-                with open(steps_log, 'a') as handle:
-                    handle.write(json.dumps(record) + '\\n')
-                if stall_at == (self.record_epoch, self.step):
-                    time.sleep(600)  # the test sends SIGKILL here, before this step is checkpointed
-                return loss
-
-        return RecordingBrain
+        def _save_checkpoint_metafile(self, fpath, meta_to_include={}, end_of_epoch=True):
+            meta = super()._save_checkpoint_metafile(fpath, meta_to_include, end_of_epoch)
+            if end_of_epoch and meta_to_include.get('epoch') == die_in_save_of_epoch:
+                os.kill(os.getpid(), signal.SIGKILL)  # weights and CKPT.yaml written, not renamed
+            return meta
 
 
-    def dying_checkpointer_class():
-        class DyingCheckpointer(plain_checkpointer_class()):
-            """SIGKILLs its own process in the middle of the end-of-epoch save of one epoch."""
-
-            def _save_checkpoint_metafile(self, fpath, meta_to_include={}, end_of_epoch=True):
-                meta = super()._save_checkpoint_metafile(fpath, meta_to_include, end_of_epoch)
-                if end_of_epoch and meta_to_include.get('epoch') == die_in_save_of_epoch:
-                    os.kill(os.getpid(), signal.SIGKILL)  # weights and CKPT.yaml written, not renamed
-                return meta
-
-        return DyingCheckpointer
-
-
-    trainer_module._brain_class = recording_brain_class
-    trainer_module._atomic_checkpointer_class = dying_checkpointer_class
+    brain_module.SeparationBrain = RecordingBrain
+    brain_module.AtomicCheckpointer = DyingCheckpointer
     trainer = build_trainer(Trainers.speech_separation, default_args=dict(
         model=options['model_dir'], train_dataset=options['train_csv'], eval_dataset=options['eval_csv'],
         work_dir=options['work_dir'], max_epochs=options['max_epochs'], train=options['train']))

@@ -1,4 +1,5 @@
-"""Everything between audio files and training batches."""
+"""Everything between audio files and training batches (no ModelScope: its `AudioBrainPreprocessor` lives in
+`modelscope_mossformer.preprocessor`)."""
 from __future__ import annotations
 
 from .audio import AudioError, read_audio, resample, write_audio
@@ -6,12 +7,11 @@ from .dataset import (AugmentConfig, ExampleError, ManifestDataset, RowDataset, 
                       collate_separation, length_mask)
 from .manifest import (Example, ManifestError, load_manifest, read_csv_manifest, read_scp_manifest, scan_librimix,
                        write_csv_manifest, write_scp_manifest)
-from .preprocessor import AudioBrainPreprocessor
 from .sources import HubUnavailableError, load_split, msdataset_from_csv
 
 __all__ = [
     'AudioError', 'read_audio', 'resample', 'write_audio', 'AugmentConfig', 'ExampleError', 'ManifestDataset',
     'RowDataset', 'SeparationDataset', 'collate_separation', 'length_mask', 'Example', 'ManifestError',
     'load_manifest', 'read_csv_manifest', 'read_scp_manifest', 'scan_librimix', 'write_csv_manifest',
-    'write_scp_manifest', 'AudioBrainPreprocessor', 'HubUnavailableError', 'load_split', 'msdataset_from_csv',
+    'write_scp_manifest', 'HubUnavailableError', 'load_split', 'msdataset_from_csv',
 ]

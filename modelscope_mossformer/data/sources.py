@@ -67,7 +67,7 @@ def is_local_source(source: PathLike) -> bool:
 
 
 def _preprocessors(num_spks: int, sample_rate: int, root: Optional[Path]) -> list:
-    from .preprocessor import AudioBrainPreprocessor
+    from ..preprocessor import AudioBrainPreprocessor  # the ModelScope adapter, for MsDataset rows
 
     columns = [(MIX_COLUMN, 'mix_sig')] + [(source_column(i), source_field(i)) for i in range(num_spks)]
     return [AudioBrainPreprocessor(takes=column + FILE_SUFFIX, provides=field, sample_rate=sample_rate, root=root)

@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Union
 
 from .configs import (MOSSFORMER, MOSSFORMER2, NAMED_SIZES, MossFormer2Config, MossFormerConfig,
-                      config_from_dict, mossformer2_base, mossformer_large, mossformer_medium, mossformer_small)
+                      config_from_dict, mossformer2_base, mossformer2_tiny, mossformer_large, mossformer_medium,
+                      mossformer_small, mossformer_tiny)
 from .layers import count_parameters
 from .mossformer import MossFormer
 from .mossformer2 import MossFormer2
@@ -19,6 +20,6 @@ def build_separator(config: MossFormerConfig) -> MossFormer:
 
 __all__ = [
     'MossFormer', 'MossFormer2', 'MossFormerConfig', 'MossFormer2Config', 'build_separator', 'config_from_dict',
-    'count_parameters', 'mossformer_small', 'mossformer_medium', 'mossformer_large', 'mossformer2_base', 'NAMED_SIZES',
+    'count_parameters', 'mossformer_tiny', 'mossformer2_tiny', 'mossformer_small', 'mossformer_medium', 'mossformer_large', 'mossformer2_base', 'NAMED_SIZES',
     'MOSSFORMER', 'MOSSFORMER2', 'Separator',
 ]

@@ -226,6 +226,19 @@ def mossformer2_base(**overrides: Any) -> MossFormer2Config:
     return MossFormer2Config(**overrides)
 
 
+def mossformer_tiny(**overrides: Any) -> MossFormerConfig:
+    """A MossFormer of a few hundred thousand parameters for tests, smoke runs and demos (32 wide, 2 blocks,
+    groups of 16 frames); not a published size."""
+    return MossFormerConfig(**{'enc_channels': 32, 'model_dim': 32, 'num_blocks': 2, 'group_size': 16,
+                               'query_key_dim': 16, **overrides})
+
+
+def mossformer2_tiny(**overrides: Any) -> MossFormer2Config:
+    """A MossFormer2 for tests: 32 wide, one block, ModelScope's fixed internals (qk 128, groups of 256,
+    FSMN 256) so that its reference class can be built at the same size; not a published size."""
+    return MossFormer2Config(**{'enc_channels': 32, 'model_dim': 32, 'num_blocks': 1, **overrides})
+
+
 NAMED_SIZES = {
     'mossformer_s': mossformer_small,
     'mossformer_m': mossformer_medium,
@@ -234,6 +247,7 @@ NAMED_SIZES = {
 }
 
 __all__ = [
-    'MossFormerConfig', 'MossFormer2Config', 'AnyConfig', 'config_from_dict', 'mossformer_small',
+    'MossFormerConfig', 'MossFormer2Config', 'AnyConfig', 'config_from_dict', 'mossformer_tiny', 'mossformer2_tiny',
+    'mossformer_small',
     'mossformer_medium', 'mossformer_large', 'mossformer2_base', 'NAMED_SIZES', 'MOSSFORMER', 'MOSSFORMER2',
 ]

@@ -9,7 +9,7 @@ from modelscope.preprocessors.audio import AudioBrainPreprocessor as ModelScopeA
 
 from modelscope_mossformer.data.audio import AudioError
 from modelscope_mossformer.data.dataset import RowDataset
-from modelscope_mossformer.data.preprocessor import AudioBrainPreprocessor
+from modelscope_mossformer.preprocessor import AudioBrainPreprocessor
 from modelscope_mossformer.metainfo import Preprocessors
 
 FIELDS = (('mix_wav:FILE', 'mix_sig'), ('s1_wav:FILE', 's1_sig'), ('s2_wav:FILE', 's2_sig'))

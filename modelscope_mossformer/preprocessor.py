@@ -16,9 +16,9 @@ from typing import Any, Dict, Optional, Union
 from modelscope.preprocessors import PREPROCESSORS, Preprocessor
 from modelscope.utils.constant import ModeKeys
 
-from ..metainfo import Preprocessors
-from ..registration import register
-from .audio import AudioError, read_audio
+from .data.audio import AudioError, read_audio
+from .metainfo import Preprocessors
+from .registration import register
 
 
 class AudioBrainPreprocessor(Preprocessor):
