@@ -300,13 +300,6 @@ def engine_of(engine_or_pipeline: Any) -> SeparationEngine:
                     f'got {type(engine_or_pipeline).__name__}')
 
 
-def _num_spks(engine: SeparationEngine) -> int:
-    known = getattr(engine.separator, 'num_spks', None)
-    if isinstance(known, int):
-        return known
-    return engine.run_model(torch.zeros(engine.sample_rate // 10)).shape[0]
-
-
 class _OutputSet:
     """Per-speaker float32 temporary files, then the final scaled files."""
 
@@ -430,7 +423,7 @@ def separate_file(engine_or_pipeline: Any, in_path: PathLike, out_dir: PathLike,
         if scan.silent:
             result.warnings.append('silent input: the outputs are silent')
             logger.warning('%s: the input is silent (peak %.1e); writing silent outputs', in_path, scan.peak)
-            result.outputs = _write_silence(out, _num_spks(engine), scan.frames, block_frames)
+            result.outputs = _write_silence(out, engine.num_spks, scan.frames, block_frames)
             result.gain = 0.0
         else:
             if scan.clipped:
@@ -553,7 +546,7 @@ def _mixture_only_list(path: Path) -> Optional[List[Path]]:
 
 
 def collect_jobs(inputs: Sequence[PathLike], out_dir: PathLike, split: Optional[str] = None,
-                 sample_rate: int = 8000, num_spks: Optional[int] = None) -> List[Job]:
+                 sample_rate: Optional[int] = None, num_spks: Optional[int] = None) -> List[Job]:
     """Expand inputs into jobs.
 
     Args:

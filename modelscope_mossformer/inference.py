@@ -179,6 +179,15 @@ class SeparationEngine:
         self.plan = (ChunkPlan(int(chunk_seconds * sample_rate), int(overlap_seconds * sample_rate))
                      if chunk_seconds is not None else None)
 
+    @property
+    def num_spks(self) -> int:
+        """Outputs per input, from the separator's config (the one source of it)."""
+        config = getattr(self.separator, 'config', None)
+        count = getattr(config, 'num_spks', None) or getattr(self.separator, 'num_spks', None)
+        if not isinstance(count, int):
+            raise TypeError(f'{type(self.separator).__name__} carries no config with num_spks')
+        return count
+
     def run_model(self, mix: torch.Tensor) -> torch.Tensor:
         """[T] -> [C, T] float32 on the CPU."""
         dtype = PRECISIONS[self.precision]

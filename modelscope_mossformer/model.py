@@ -61,6 +61,8 @@ class MossFormerSeparation(TorchModel):
             where = f'{Path(model_dir) / CONFIGURATION_FILE}: model' if model_dir else 'model arguments'
             config = CONFIG_CLASSES[family].from_model_kwargs(arch, source=where)
         self.config = config
+        if model_type in MODEL_TYPES:
+            _check_type_matches(model_type, config, model_dir)
         self.model_type = model_type or model_type_for(config.family, config.sample_rate)
         self.separator: MossFormer = build_separator(config)
         self.weights_source: Optional[LoadReport] = None
@@ -143,6 +145,18 @@ class MossFormerSeparation(TorchModel):
         written = save_released(self.separator, directory)
         written.append(write_configuration(directory, configuration))
         return written
+
+
+def _check_type_matches(model_type: str, config: MossFormerConfig, model_dir: Optional[str]) -> None:
+    """The config is the one source of family, rate and speakers; a type name that says otherwise is an error
+    (a rate without a registered type of its own, e.g. 22050 Hz, keeps the 8 kHz name)."""
+    family, rate = MODEL_TYPES[model_type]
+    rates_with_a_type = {r for f, r in MODEL_TYPES.values() if f == config.family}
+    if family != config.family or (config.sample_rate != rate and config.sample_rate in rates_with_a_type):
+        where = f'{Path(model_dir) / CONFIGURATION_FILE}: ' if model_dir else ''
+        raise ValueError(f'{where}model type {model_type!r} is {family} at {rate} Hz, but the configuration says '
+                         f'{config.family} at {config.sample_rate} Hz; use type '
+                         f'{model_type_for(config.family, config.sample_rate)!r} or change sample_rate')
 
 
 def package_note() -> Dict[str, str]:

@@ -31,6 +31,8 @@ import copy
 import math
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from .data.dataset import AugmentConfig
+
 DEFAULT_TRAIN_CONFIG: Dict[str, Any] = {
     # schedule (the released recipe)
     'max_epochs': 200,
@@ -45,8 +47,7 @@ DEFAULT_TRAIN_CONFIG: Dict[str, Any] = {
     'eval_batch_size': 1,
     'num_workers': 0,
     'segment_seconds': 4.0,
-    'augment': {'dynamic_mixing': False, 'dm_gain_db': [-5.0, 5.0], 'speed_perturb': False,
-                'speeds': [95.0, 100.0, 105.0], 'random_gain_db': None},
+    'augment': AugmentConfig().to_section(),  # its defaults live in data.dataset.AugmentConfig
     'bad_example_policy': 'raise',
     # SpeechBrain run options
     'precision': 'fp32',

@@ -174,13 +174,9 @@ class SpeechSeparationTrainer(BaseTrainer):
             raise ValueError(f'no {split} dataset was given to the trainer')
         base = load_split(source, split, num_spks=self.model.num_spks, sample_rate=self.model.sample_rate)
         cfg = self.train_cfg
-        augment = cfg['augment']
         return SeparationDataset(
             base, self.model.sample_rate, segment_seconds=cfg['segment_seconds'] if train else None, train=train,
-            augment=AugmentConfig(dynamic_mixing=augment['dynamic_mixing'], dm_gain_db=tuple(augment['dm_gain_db']),
-                                  speed_perturb=augment['speed_perturb'], speeds=tuple(augment['speeds']),
-                                  random_gain_db=(tuple(augment['random_gain_db'])
-                                                  if augment['random_gain_db'] is not None else None)),
+            augment=AugmentConfig.from_section(cfg['augment']),
             bad_example_policy=cfg['bad_example_policy'], seed=cfg['seed'],
             min_samples=self.model.config.enc_kernel_size)
 

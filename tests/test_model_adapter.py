@@ -115,3 +115,23 @@ def test_forward_rejects_wrong_shapes():
         model(torch.randn(2, 1, 800))
     with pytest.raises(ValueError, match='at least enc_kernel_size=16'):
         model(torch.randn(1, 8))
+
+
+@pytest.mark.parametrize('model_type, section, message', [
+    (Models.mossformer_8k, {'sample_rate': 16000},
+     r"model type 'speech_mossformer_separation_temporal_8k' is mossformer at 8000 Hz, but the configuration says "
+     r"mossformer at 16000 Hz; use type 'speech_mossformer_separation_temporal_16k'"),
+    (Models.mossformer2_16k, {'sample_rate': 8000}, r"use type 'speech_mossformer2_separation_temporal_8k'"),
+])
+def test_a_type_name_that_disagrees_with_the_config_is_an_error(model_type, section, message, tmp_path):
+    model_dir = _model_dir(tmp_path / 'm', dict(TINY_RELEASED_SECTION, type=model_type, **section))
+    with pytest.raises(ValueError, match=message) as caught:
+        Model.from_pretrained(str(model_dir))
+    assert str(model_dir / 'configuration.json') in str(caught.value)
+
+
+def test_the_config_is_the_one_source_of_rate_and_speakers():
+    model = MossFormerSeparation(config=tiny_mossformer(sample_rate=16000, num_spks=3))
+    assert model.model_type == Models.mossformer_16k and (model.sample_rate, model.num_spks) == (16000, 3)
+    with pytest.raises(ValueError, match='is mossformer2 at 8000 Hz, but the configuration says mossformer'):
+        MossFormerSeparation(config=tiny_mossformer(), model_type=Models.mossformer2_8k)

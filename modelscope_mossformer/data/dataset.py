@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -54,7 +55,8 @@ class ManifestDataset(Dataset):
         on_rate_mismatch: 'resample' or 'error'.
     """
 
-    def __init__(self, examples: Sequence[Example], sample_rate: int, on_rate_mismatch: str = 'resample') -> None:
+    def __init__(self, examples: Sequence[Example], sample_rate: Optional[int],
+                 on_rate_mismatch: str = 'resample') -> None:
         if not examples:
             raise ValueError('ManifestDataset needs at least one example')
         counts = {e.num_spks for e in examples}
@@ -177,6 +179,16 @@ class AugmentConfig:
     @property
     def active(self) -> bool:
         return self.dynamic_mixing or self.speed_perturb or self.random_gain_db is not None
+
+    def to_section(self) -> Dict[str, Any]:
+        """The ``train.augment`` section (JSON types): the defaults of that section are this class's."""
+        return {f.name: list(v) if isinstance(v, tuple) else v
+                for f in dataclasses.fields(self) for v in [getattr(self, f.name)]}
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any]) -> 'AugmentConfig':
+        """Back from a ``train.augment`` section (lists become tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in section.items()})
 
 
 class SeparationDataset(Dataset):

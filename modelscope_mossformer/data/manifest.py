@@ -164,9 +164,19 @@ def read_scp_manifest(path: PathLike, num_spks: Optional[int] = None) -> List[Ex
     return _unique_ids(examples)
 
 
-def _librimix_split_dir(root: Path, split: str, sample_rate: int, mode: str) -> Path:
+def _rate_dir(root: Path, sample_rate: Optional[int]) -> str:
+    """``wav8k`` / ``wav16k``: the model's rate's folder, or the only one present when no rate is given."""
+    if sample_rate is not None:
+        return f'wav{sample_rate // 1000}k'
+    present = sorted(p.name for p in root.glob('wav*k') if p.is_dir())
+    if len(present) > 1:
+        raise ManifestError(f'{root}: holds {", ".join(present)}; give the model\'s sample rate to pick one')
+    return present[0] if present else 'wav8k'
+
+
+def _librimix_split_dir(root: Path, split: str, sample_rate: Optional[int], mode: str) -> Path:
     candidates = [root]
-    rate_dir = f'wav{sample_rate // 1000}k'
+    rate_dir = _rate_dir(root, sample_rate)
     candidates += [root / rate_dir / mode, root / mode]
     for base in candidates:
         for name in (split,) + SPLIT_ALIASES.get(split, ()):
@@ -176,14 +186,14 @@ def _librimix_split_dir(root: Path, split: str, sample_rate: int, mode: str) -> 
                         f'{"|".join((split,) + SPLIT_ALIASES.get(split, ()))})')
 
 
-def scan_librimix(root: PathLike, split: str, sample_rate: int = 8000, mode: str = 'min',
+def scan_librimix(root: PathLike, split: str, sample_rate: Optional[int] = None, mode: str = 'min',
                   mixture: str = 'mix_clean', num_spks: Optional[int] = None) -> List[Example]:
     """Examples of one split of a LibriMix folder tree.
 
     Args:
         root: the LibriMix folder (holding ``wav8k``), a ``wav8k/min`` folder, or a split folder.
         split: 'train', 'validation' / 'dev', 'test' or a LibriMix name like 'train-100'.
-        sample_rate: picks ``wav8k`` or ``wav16k``.
+        sample_rate: the model's rate: picks ``wav8k`` or ``wav16k`` (when None, the only one present).
         mode: 'min' or 'max'.
         mixture: 'mix_clean', 'mix_both' or 'mix_single'.
         num_spks: number of source folders to use; all present ``s1..sN`` when None.
@@ -214,7 +224,7 @@ def scan_librimix(root: PathLike, split: str, sample_rate: int = 8000, mode: str
 
 
 def load_manifest(source: PathLike, split: Optional[str] = None, num_spks: Optional[int] = None,
-                  sample_rate: int = 8000, **librimix_options: str) -> List[Example]:
+                  sample_rate: Optional[int] = None, **librimix_options: str) -> List[Example]:
     """Examples from a CSV, an scp list or a LibriMix tree (a folder; needs `split`)."""
     source = Path(source)
     if source.is_dir():

@@ -86,7 +86,7 @@ def msdataset_from_csv(csv_path: PathLike, num_spks: int, sample_rate: int, spli
     return RowDataset(rows, num_spks)
 
 
-def load_split(source: Union[PathLike, Any], split: str, num_spks: int = 2, sample_rate: int = 8000,
+def load_split(source: Union[PathLike, Any], split: str, num_spks: int = 2, sample_rate: Optional[int] = None,
                namespace: Optional[str] = None, probe_timeout: float = 3.0) -> Dataset:
     """A dataset of full utterances for one split.
 
@@ -95,7 +95,8 @@ def load_split(source: Union[PathLike, Any], split: str, num_spks: int = 2, samp
             an already built dataset of rows (returned wrapped as `RowDataset`).
         split: 'train', 'validation' or 'test' (LibriMix names work for folders).
         num_spks: speakers per mixture.
-        sample_rate: the model's rate.
+        sample_rate: the model's rate (files at other rates are resampled to it); None keeps each file's
+            own rate (and a LibriMix folder must then hold one ``wavNk`` folder).
         namespace: hub namespace for dataset names.
         probe_timeout: seconds to wait for the hub before giving up.
 
