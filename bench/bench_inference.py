@@ -90,7 +90,6 @@ def run_child(spec: Dict[str, Any]) -> Dict[str, Any]:
             soundfile.write(str(out_dir / f'builtin_s{index + 1}.wav'),
                             np.frombuffer(pcm, dtype=np.int16), RATE, subtype='PCM_16')
     else:
-        sys.path.insert(0, str(REPO_ROOT))
         from modelscope.models import Model
 
         from modelscope_mossformer.batch import separate_file
@@ -274,7 +273,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.child is not None:
         print(RESULT_PREFIX + json.dumps(run_child(json.loads(args.child))), flush=True)
         return 0
-    sys.path.insert(0, str(REPO_ROOT))
     import torch
 
     max_rss_mb = args.max_rss_gb * 1024 if args.max_rss_gb else 0.85 * available_mb()

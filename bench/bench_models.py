@@ -1,7 +1,7 @@
 """Parameter count and CPU forward time: this package's models vs ModelScope's classes.
 
 For MossFormer(L) and MossFormer2 at the released sizes, build ours (seed 0), copy
-its weights into ModelScope's own class (the reference, via tests/reference.py),
+its weights into ModelScope's own class (the reference, via modelscope_mossformer.models.reference),
 then:
 
 * compare trainable parameter counts (must be equal);
@@ -30,11 +30,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # bench script: import tests/reference.py and the package from this clone
-
-from modelscope_mossformer.models import build_separator, mossformer2_base, mossformer_large  # noqa: E402
-from tests.reference import reference_forward, reference_with_weights_of  # noqa: E402
+from modelscope_mossformer.models import build_separator, mossformer2_base, mossformer_large
+from modelscope_mossformer.models.reference import reference_forward, reference_with_weights_of
 
 BATCH_SIZE = 2  # used for both models
 MAX_ABS_DIFF = 1e-4

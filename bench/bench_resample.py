@@ -26,15 +26,12 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from modelscope_mossformer.batch import StreamResampler  # noqa: E402
-from modelscope_mossformer.data.audio import RESAMPLE_QUALITY, resample  # noqa: E402
+from modelscope_mossformer.batch import StreamResampler
+from modelscope_mossformer.data.audio import RESAMPLE_QUALITY, resample
 
 SOURCE_RATES = (8000, 16000, 22050, 44100, 44101, 48000)
 MODEL_RATES = (8000, 16000)

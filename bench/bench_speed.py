@@ -40,11 +40,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # bench script: import tests/reference.py and the package from this clone
-
-from modelscope_mossformer.models import build_separator, mossformer2_base, mossformer_large  # noqa: E402
-from tests.reference import paired_gradients, reference_forward, reference_with_weights_of  # noqa: E402
+from modelscope_mossformer.models import build_separator, mossformer2_base, mossformer_large
+from modelscope_mossformer.models.reference import paired_gradients, reference_forward, reference_with_weights_of
 
 RATE = 8000
 MAX_ABS_DIFF = 1e-4

@@ -275,7 +275,6 @@ def child_main(side: str, spec_path: Path) -> int:
 
 
 def prepare(args: argparse.Namespace, root: Path) -> Dict[str, Any]:
-    sys.path.insert(0, str(REPO_ROOT))  # bench script: the package from this clone
     from modelscope_mossformer.data.synth import DemoCorpusSpec, generate_demo_corpus
     from modelscope_mossformer.model import MossFormerSeparation, write_configuration
     from modelscope_mossformer.models import MossFormerConfig

@@ -25,7 +25,7 @@ import torch
 
 from modelscope_mossformer.models import MossFormer2Config, MossFormerConfig
 
-from .reference import reference_model
+from modelscope_mossformer.models.reference import reference_model
 
 MOSSFORMER_TYPE = 'speech_mossformer_separation_temporal_8k'
 MOSSFORMER2_TYPE = 'speech_mossformer2_separation_temporal_8k'

@@ -11,7 +11,7 @@ from modelscope_mossformer.models.checkpoint import (FORMAT_CLEARERVOICE, FORMAT
                                                      released_state_dict, save_clearervoice, save_released)
 
 from .conftest import tiny_mossformer, tiny_mossformer2
-from .reference import reference_forward, reference_model
+from modelscope_mossformer.models.reference import reference_forward, reference_model
 
 
 def _save_like_modelscope_mossformer(reference, directory):

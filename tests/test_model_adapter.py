@@ -9,7 +9,7 @@ from modelscope_mossformer.metainfo import Models
 from modelscope_mossformer.model import MossFormerSeparation, read_configuration
 
 from .conftest import tiny_mossformer, tiny_mossformer2
-from .reference import reference_forward, reference_model
+from modelscope_mossformer.models.reference import reference_forward, reference_model
 
 TINY_RELEASED_SECTION = {
     'type': Models.mossformer_8k, 'num_spks': 2, 'kernel_size': 16, 'out_channels': 32, 'in_channels': 32,

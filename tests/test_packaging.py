@@ -61,7 +61,7 @@ def test_the_sdist_holds_every_project_file_tests_need(sdist):
     shipped = {str(p.relative_to(root)) for p in root.rglob('*') if p.is_file()}
     wanted = {name for name in files if not name.startswith('.git')}
     assert sorted(wanted - shipped) == []
-    for needed in ('LICENSE', 'tests/conftest.py', 'tests/reference.py', 'tests/subprocess_utils.py',
+    for needed in ('LICENSE', 'tests/conftest.py', 'tests/subprocess_utils.py',
                    'tests/data/test_audio.py', 'tests/data/__init__.py', 'constraints.txt', 'scripts/bootstrap.sh',
                    '.ci/run', 'bench/bench_resample.py'):
         assert needed in shipped, needed

@@ -44,7 +44,7 @@ from modelscope_mossformer.models.checkpoint import released_state_dict
 from modelscope_mossformer.trainer import SpeechSeparationTrainer
 
 from .released import HUB_IDS, RELEASED_TRAIN, released_config_object, write_released_model_dir
-from .reference import reference_model
+from modelscope_mossformer.models.reference import reference_model
 from .subprocess_utils import NETWORK_GUARD, RESULT_PREFIX, demo_corpus, run_python
 
 FAMILIES = ('mossformer', 'mossformer2')

@@ -1,14 +1,14 @@
 """Build ModelScope's own MossFormer classes (the reference) for a config of ours.
 
-Only tests and benchmarks use this: it proves numerical parity and checkpoint
-compatibility against the implementation installed with `modelscope`.
+Tests and benchmarks use this to prove numerical parity and checkpoint compatibility against the
+implementation installed with `modelscope` (imported inside the functions: this module loads without it).
 """
 from __future__ import annotations
 
 import torch
 
-from modelscope_mossformer.models import MossFormer2Config, MossFormerConfig
-from modelscope_mossformer.models.checkpoint import released_key, released_state_dict
+from .checkpoint import released_key, released_state_dict
+from .configs import MossFormer2Config, MossFormerConfig
 
 # ModelScope's MossFormer2 fixes these inside its classes.
 REFERENCE_M2_FIXED = dict(group_size=256, query_key_dim=128, expansion_factor=4.0, fsmn_inner_channels=256,
