@@ -4,7 +4,7 @@ import torch
 
 from modelscope_mossformer.models import MossFormer, MossFormer2, mossformer2_base, mossformer_large
 
-from .conftest import tiny_mossformer, tiny_mossformer2
+from ..conftest import tiny_mossformer, tiny_mossformer2
 from modelscope_mossformer.models.reference import paired_gradients, reference_forward, reference_with_weights_of
 
 TOLERANCE = 1e-4

@@ -4,7 +4,7 @@ import torch
 
 from modelscope_mossformer.models import MossFormer, MossFormer2
 
-from .conftest import tiny_mossformer, tiny_mossformer2
+from ..conftest import tiny_mossformer, tiny_mossformer2
 
 
 def _loss_and_grads(model: torch.nn.Module, mix: torch.Tensor, seed: int):

@@ -10,7 +10,7 @@ from modelscope_mossformer.models.checkpoint import (FORMAT_CLEARERVOICE, FORMAT
                                                      read_checkpoint, released_key, released_names,
                                                      released_state_dict, save_clearervoice, save_released)
 
-from .conftest import tiny_mossformer, tiny_mossformer2
+from ..conftest import tiny_mossformer, tiny_mossformer2
 from modelscope_mossformer.models.reference import reference_forward, reference_model
 
 
