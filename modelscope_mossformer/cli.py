@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
+from .metainfo import CONFIGURATION_FILE
+
 logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -254,7 +256,7 @@ def _model_dir(path: str) -> Path:
         directory = resolve_model_dir(path)
     except (FileNotFoundError, HubUnavailableError) as err:
         raise UsageError(f'--model {path}: {err}') from None
-    if not (directory / 'configuration.json').is_file():
+    if not (directory / CONFIGURATION_FILE).is_file():
         raise UsageError(f'--model {path}: no configuration.json in this directory')
     return directory.resolve()
 
@@ -391,7 +393,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
 def _training_model_dir(config: str, work_dir: Path) -> Path:
     path = Path(config).expanduser()
     if path.is_dir():
-        if not (path / 'configuration.json').is_file():
+        if not (path / CONFIGURATION_FILE).is_file():
             raise UsageError(f'--config {config}: no configuration.json in this directory')
         return path.resolve()
     if not path.is_file():
@@ -404,11 +406,11 @@ def _training_model_dir(config: str, work_dir: Path) -> Path:
         json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UsageError(f'--config {config}: not valid JSON ({err})') from err
-    if path.name == 'configuration.json':
+    if path.name == CONFIGURATION_FILE:
         return path.parent.resolve()
     model_dir = work_dir / 'initial_model'
     model_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, model_dir / 'configuration.json')
+    shutil.copyfile(path, model_dir / CONFIGURATION_FILE)
     return model_dir.resolve()
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import List, Optional, Union
 
 from .data import sources
+from .metainfo import CONFIGURATION_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def cached_model_dir(model_id: str) -> Optional[Path]:
         except Exception as err:  # noqa: BLE001 - ModelScope raises its own error types per version
             logger.debug('%s is not in the local cache: %s', candidate, err)
             continue
-        if (path / 'configuration.json').is_file():
+        if (path / CONFIGURATION_FILE).is_file():
             return path
     return None
 

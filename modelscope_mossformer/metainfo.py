@@ -12,6 +12,7 @@ from typing import Dict, Tuple
 from .models.configs import MOSSFORMER, MOSSFORMER2
 
 TASK = 'speech-separation'  # == modelscope Tasks.speech_separation
+CONFIGURATION_FILE = 'configuration.json'  # == modelscope ModelFile.CONFIGURATION
 
 
 class Models:

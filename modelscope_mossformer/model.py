@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import torch
 from modelscope.models import MODELS, TorchModel
 
-from .metainfo import MODEL_TYPES, TASK, Models, model_type_for
+from .metainfo import CONFIGURATION_FILE, MODEL_TYPES, TASK, Models, model_type_for
 from .models import MossFormer, build_separator
 from .models.checkpoint import LoadReport, find_weights, load_weights, save_released
 from .models.configs import CONFIG_CLASSES, MODELSCOPE_PLUMBING_KEYS, MossFormerConfig
@@ -22,13 +22,8 @@ from .registration import register
 
 logger = logging.getLogger(__name__)
 
-CONFIGURATION_FILE = 'configuration.json'
 # top-level configuration.json key naming this package and what loading the directory needs
 PACKAGE_KEY = 'modelscope_mossformer'
-# Field names written under the released configuration's key names, so that
-# ModelScope's own classes can read the configuration of a model we trained.
-_RELEASED_NAMES = {'enc_channels': 'in_channels', 'enc_kernel_size': 'kernel_size', 'enc_stride': 'stride',
-                   'dec_bias': 'bias', 'model_dim': 'd_model', 'skip_around_seq': 'skip_around_intra'}
 
 
 class MossFormerSeparation(TorchModel):
@@ -124,12 +119,7 @@ class MossFormerSeparation(TorchModel):
     @staticmethod
     def section_for(config: MossFormerConfig, model_type: str) -> Dict[str, Any]:
         """A `model` section for `config`: released key names where they exist, so ModelScope's classes read it."""
-        section: Dict[str, Any] = {'type': model_type}
-        for key, value in config.to_dict().items():
-            if key != 'family':
-                section[_RELEASED_NAMES.get(key, key)] = value
-        section['out_channels'] = config.model_dim
-        return section
+        return {'type': model_type, **config.to_model_section()}
 
     def save_model_dir(self, directory: Union[str, os.PathLike],
                        extra_configuration: Optional[Mapping[str, Any]] = None) -> List[Path]:

@@ -43,22 +43,25 @@ def load_preset(name: str) -> Dict[str, Any]:
 def write_model_dir(name: str, directory: Union[str, os.PathLike], model: Optional[Dict[str, Any]] = None,
                     train: Optional[Dict[str, Any]] = None) -> Path:
     """Write a preset (with optional `model` / `train` key overrides) as a model dir's configuration.json."""
-    from .models.configs import MossFormerConfig
+    from .metainfo import MODEL_TYPES, model_type_for
+    from .model import MossFormerSeparation, write_configuration
+    from .models.configs import CONFIG_CLASSES
     from .train_config import released_spelling, resolve_train_config
 
     configuration = load_preset(name)
-    section = configuration['model']
-    for key, value in (model or {}).items():
-        # the presets use the released key names; an override may use either spelling
-        released = [alias for alias, field in MossFormerConfig._ALIASES.items() if field == key and alias in section]
-        for alias in released:
-            section[alias] = value
-        if not released:
-            section[key] = value
-    directory = Path(directory)
-    path = directory / 'configuration.json'
+    section = dict(configuration['model'])
+    family = MODEL_TYPES[section.pop('type')][0]
+    # the preset's released names and the override's (either spelling) meet in the config, which writes
+    # the section back in one spelling
+    cls = CONFIG_CLASSES[family]
+    overridden = {cls.field_for(key) for key in (model or {})}
+    kept = {key: value for key, value in section.items() if cls.field_for(key) not in overridden}
+    config = cls.from_model_kwargs({**kept, **(model or {})}, source=f'preset {name}')
+    configuration['model'] = MossFormerSeparation.section_for(config, model_type_for(config.family,
+                                                                                      config.sample_rate))
+    configuration['pipeline'] = {'type': configuration['model']['type']}
     configuration['train'] = released_spelling(resolve_train_config(
         (configuration['train'], f'preset {name}'), (train, 'the train argument')))
+    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(configuration, indent=4) + '\n')
-    return path
+    return write_configuration(directory, configuration)

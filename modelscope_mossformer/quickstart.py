@@ -20,6 +20,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .metainfo import CONFIGURATION_FILE, TASK
+
 logger = logging.getLogger(__name__)
 
 DEMO_MODEL = {'type': 'speech_mossformer_separation_temporal_8k', 'enc_channels': 64, 'model_dim': 64,
@@ -97,8 +99,8 @@ def run(out: Path, epochs: int = 12, train_mixtures: int = 120, progress: bool =
         progress=progress)
     model_dir = out / 'model'
     model_dir.mkdir(exist_ok=True)
-    (model_dir / 'configuration.json').write_text(json.dumps(
-        {'framework': 'pytorch', 'task': 'speech-separation', 'model': DEMO_MODEL,
+    (model_dir / CONFIGURATION_FILE).write_text(json.dumps(
+        {'framework': 'pytorch', 'task': TASK, 'model': DEMO_MODEL,
          'pipeline': {'type': DEMO_MODEL['type']}, 'train': DEMO_TRAIN}, indent=4))
 
     before = _trainer(model_dir, None, corpus.csv['test'], out / 'before', epochs, progress).evaluate(None)
@@ -109,7 +111,7 @@ def run(out: Path, epochs: int = 12, train_mixtures: int = 120, progress: bool =
     after = _trainer(best_dir, None, corpus.csv['test'], out / 'after', epochs, progress).evaluate(None)
 
     example = read_csv_manifest(corpus.csv['test'])[0]
-    separation = pipeline('speech-separation', model=str(best_dir))
+    separation = pipeline(TASK, model=str(best_dir))
     result = separation(str(example.mix))
     separated_dir = out / 'separated'
     estimates = result['waveforms']

@@ -39,7 +39,7 @@ from modelscope.trainers.base import BaseTrainer
 from .data.dataset import AugmentConfig, SeparationDataset, collate_separation
 from .data.sources import load_split
 from .hub import resolve_model_dir
-from .metainfo import Trainers
+from .metainfo import CONFIGURATION_FILE, TASK, Trainers
 from .metrics import separation_scores
 from .model import MossFormerSeparation, load_model_dir, read_configuration, write_configuration
 from .models import build_separator
@@ -109,7 +109,7 @@ class SpeechSeparationTrainer(BaseTrainer):
         # a model dir without weights gives random ones, drawn before the run's seed is known
         self._redraw_initial_weights = isinstance(model, (str, os.PathLike)) and self.model.weights_source is None
         model_dir = Path(self.model.model_dir) if self.model.model_dir else None
-        config_path = model_dir / 'configuration.json' if model_dir else None
+        config_path = model_dir / CONFIGURATION_FILE if model_dir else None
         configuration = read_configuration(model_dir) if config_path and config_path.is_file() else {}
         if model_dir and (model_dir / 'hparams.yaml').is_file():
             logger.info('%s: not read; this trainer takes its settings from the train section of '
@@ -119,7 +119,7 @@ class SpeechSeparationTrainer(BaseTrainer):
                                        'init_checkpoint': init_checkpoint}.items() if v is not None}
         train_cfg = resolve_train_config((configuration.get('train'), str(config_path or 'model configuration')),
                                          (train, 'the train argument'), (shortcuts, 'the trainer arguments'))
-        configuration.update({'framework': 'pytorch', 'task': 'speech-separation',
+        configuration.update({'framework': 'pytorch', 'task': TASK,
                               'model': self.model.model_section(), 'train': released_spelling(train_cfg)})
         if cfg_modify_fn is not None:
             from modelscope.utils.config import Config
@@ -347,7 +347,7 @@ class SpeechSeparationTrainer(BaseTrainer):
         return record
 
     def _best_valid_si_snr(self) -> Optional[float]:
-        path = self.best_model_dir / 'configuration.json'
+        path = self.best_model_dir / CONFIGURATION_FILE
         if not path.is_file():
             return None
         return json.loads(path.read_text()).get('train_result', {}).get('valid_si_snr')
@@ -359,7 +359,7 @@ class SpeechSeparationTrainer(BaseTrainer):
             return
         for candidate, which in ((self.work_dir / '.best_model.tmp', 'complete new'),
                                  (self.work_dir / '.best_model.old', 'previous')):
-            if (candidate / 'configuration.json').is_file() and find_weights(candidate) is not None:
+            if (candidate / CONFIGURATION_FILE).is_file() and find_weights(candidate) is not None:
                 os.rename(candidate, self.best_model_dir)
                 logger.warning('%s was missing (export interrupted); restored the %s best model from %s',
                                self.best_model_dir, which, candidate.name)

@@ -4,7 +4,11 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import soundfile
+
+# subprocesses (fresh interpreters, torchrun, pip builds): slow, still run in CI
+pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,6 +20,9 @@ import yaml
 
 from .subprocess_utils import demo_corpus, subprocess_env, write_model_dir
 
+# subprocesses (fresh interpreters, torchrun, pip builds): slow, still run in CI
+pytestmark = pytest.mark.slow
+
 WORLD_SIZE = 2
 TRAIN_MIXTURES = 4
 MAX_EPOCHS = 2

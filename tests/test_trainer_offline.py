@@ -27,6 +27,9 @@ import pytest
 
 from .subprocess_utils import NETWORK_GUARD, RESULT_PREFIX, demo_corpus, run_python, write_model_dir
 
+# subprocesses (fresh interpreters, torchrun, pip builds): slow, still run in CI
+pytestmark = pytest.mark.slow
+
 TINY_MODEL = {'type': 'speech_mossformer2_separation_temporal_8k', 'enc_channels': 16, 'model_dim': 16,
               'num_blocks': 1, 'group_size': 16, 'query_key_dim': 16, 'fsmn_inner_channels': 16,
               'fsmn_memory_order': 4}

@@ -43,6 +43,9 @@ import yaml
 
 from .subprocess_utils import demo_corpus, subprocess_env, write_model_dir
 
+# subprocesses (fresh interpreters, torchrun, pip builds): slow, still run in CI
+pytestmark = pytest.mark.slow
+
 TRAIN_MIXTURES = 3          # optimizer steps per epoch (batch_size 1)
 MAX_EPOCHS = 3
 KILL_EPOCH, KILL_STEP = 2, 2  # the step the first run dies in; the checkpoint before it is step 1

@@ -163,6 +163,19 @@ class MossFormerConfig:
                              f'got {kwargs["in_channels"]} and {kwargs["out_channels"]}')
         return config
 
+    @classmethod
+    def field_for(cls, key: str) -> str:
+        """The field a configuration.json key sets (``d_model`` -> ``model_dim``; own names unchanged)."""
+        return cls._ALIASES.get(key, key)
+
+    def to_model_section(self) -> Dict[str, Any]:
+        """The configuration.json ``model`` section (without ``type``): released key names where they
+        exist, so that ModelScope's own classes read it, this package's names elsewhere."""
+        written = {field: alias for alias, field in self._ALIASES.items() if alias != 'out_channels'}
+        section = {written.get(key, key): value for key, value in self.to_dict().items() if key != 'family'}
+        section['out_channels'] = self.model_dim  # the released MossFormer2 names the width this way only
+        return section
+
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)
 
