@@ -42,7 +42,7 @@ import torch
 
 from .data.audio import (RESAMPLE_QUALITY, AudioError, _as_frames, _check_rates, _flush_padding, _to_tensor,
                          audio_info, read_audio, resampled_length, sample_problem)
-from .data.manifest import AUDIO_SUFFIXES, MIX_COLUMN, ManifestError, load_manifest
+from .data.manifest import AUDIO_SUFFIXES, LIST_SUFFIXES, MIX_COLUMN, ManifestError, load_manifest
 from .inference import OUTPUT_PEAK, SILENCE_PEAK, SeparationEngine, level_gain, overlapping_chunks
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,6 @@ CLIP_LEVEL = 0.999  # |x| at or above this counts as a clipped sample
 READ_BLOCK_SECONDS = 2.0  # file block size for scanning and streaming
 LONG_FILE_SECONDS = 60.0  # files longer than this get their own progress bar
 METRIC_KEYS = ('si-snr', 'si-snri', 'sdr', 'sdri')
-LIST_SUFFIXES = ('.csv', '.scp', '.lst', '.txt')
 OUTPUT_SUBTYPES = ('PCM_16', 'PCM_24', 'FLOAT')
 
 

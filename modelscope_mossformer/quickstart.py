@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .metainfo import CONFIGURATION_FILE, TASK
+from .metainfo import TASK
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ def run(out: Path, epochs: int = 12, train_mixtures: int = 120, progress: bool =
     from .data.manifest import read_csv_manifest
     from .data.synth import DemoCorpusSpec, generate_demo_corpus
     from .metrics import pit_si_snr, reorder
+    from .model import write_configuration
 
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
@@ -99,9 +100,8 @@ def run(out: Path, epochs: int = 12, train_mixtures: int = 120, progress: bool =
         progress=progress)
     model_dir = out / 'model'
     model_dir.mkdir(exist_ok=True)
-    (model_dir / CONFIGURATION_FILE).write_text(json.dumps(
-        {'framework': 'pytorch', 'task': TASK, 'model': DEMO_MODEL,
-         'pipeline': {'type': DEMO_MODEL['type']}, 'train': DEMO_TRAIN}, indent=4))
+    write_configuration(model_dir, {'framework': 'pytorch', 'task': TASK, 'model': DEMO_MODEL,
+                                    'pipeline': {'type': DEMO_MODEL['type']}, 'train': DEMO_TRAIN})
 
     before = _trainer(model_dir, None, corpus.csv['test'], out / 'before', epochs, progress).evaluate(None)
     trainer = _trainer(model_dir, corpus.csv['train'], corpus.csv['validation'], out / 'train_dir', epochs,

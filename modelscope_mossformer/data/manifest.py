@@ -30,6 +30,9 @@ SPLIT_ALIASES = {'train': ('train-360', 'train-100'), 'validation': ('dev',), 'v
                  'test': ('test',)}
 LIBRIMIX_MIXTURES = ('mix_clean', 'mix_both', 'mix_single')
 AUDIO_SUFFIXES = ('.wav', '.flac', '.ogg', '.aiff', '.aif', '.au', '.mp3')
+CSV_SUFFIXES = ('.csv',)
+SCP_SUFFIXES = ('.scp', '.lst', '.txt')  # ClearerVoice-style lists: one mixture (and its sources) per line
+LIST_SUFFIXES = CSV_SUFFIXES + SCP_SUFFIXES
 
 
 class ManifestError(ValueError):
@@ -231,9 +234,9 @@ def load_manifest(source: PathLike, split: Optional[str] = None, num_spks: Optio
         if split is None:
             raise ValueError(f'{source}: a LibriMix folder needs a split (train, validation or test)')
         return scan_librimix(source, split, sample_rate=sample_rate, num_spks=num_spks, **librimix_options)
-    if source.suffix.lower() == '.csv':
+    if source.suffix.lower() in CSV_SUFFIXES:
         return read_csv_manifest(source, num_spks)
-    if source.suffix.lower() in ('.scp', '.lst', '.txt'):
+    if source.suffix.lower() in SCP_SUFFIXES:
         return read_scp_manifest(source, num_spks)
     if not source.exists():
         raise ManifestError(f'{source}: no such manifest file or folder')

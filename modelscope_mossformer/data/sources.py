@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 from torch.utils.data import Dataset
 
 from .dataset import ManifestDataset, RowDataset, source_field
-from .manifest import FILE_SUFFIX, MIX_COLUMN, ManifestError, load_manifest, read_csv_manifest, source_column
+from .manifest import FILE_SUFFIX, LIST_SUFFIXES, MIX_COLUMN, ManifestError, load_manifest, read_csv_manifest, source_column
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def looks_like_path(name: str) -> bool:
 
 def is_local_source(source: PathLike) -> bool:
     path = Path(os.path.expanduser(str(source)))
-    return path.exists() or path.suffix.lower() in ('.csv', '.scp', '.lst')
+    return path.exists() or path.suffix.lower() in LIST_SUFFIXES
 
 
 def _preprocessors(num_spks: int, sample_rate: int, root: Optional[Path]) -> list:
