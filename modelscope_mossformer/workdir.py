@@ -37,7 +37,8 @@ RUN_FILE = 'run.json'
 # train keys a resume may change without asking: they do not change what the run computes
 BOOKKEEPING_KEYS = frozenset({'max_epochs', 'progressbar', 'num_workers', 'eval_batch_size', 'eval_precision',
                               'nonfinite_patience', 'ckpt_interval_minutes', 'ckpt_interval_steps',
-                              'distributed_backend', 'activation_checkpointing', 'init_checkpoint'})
+                              'distributed_backend', 'activation_checkpointing', 'init_checkpoint',
+                              'bad_example_policy'})
 # train keys that define the run: a different value is another run
 RUN_DEFINING_TRAIN_KEYS = frozenset({'seed'})
 
@@ -67,12 +68,17 @@ class WorkDirLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
             raise WorkDirBusyError(
                 f'{self.path.parent} is in use by another run ({_describe(holder)}); wait for it to finish, '
                 f'or give this run another work_dir') from None
+        except OSError as err:  # a file system without locks (some network mounts): no exclusion possible
+            os.close(fd)
+            logger.warning('%s: cannot lock the work_dir (%s); make sure no other run uses it',
+                           self.path.parent, err)
+            return self
         previous = _read_holder(fd)
         if previous and previous.get('pid') != os.getpid():
             logger.warning('%s: taking over the lock of a run that ended without releasing it (%s)',

@@ -231,3 +231,18 @@ def test_leftovers_of_an_interrupted_deletion_are_removed(trained, corpus):
                   default_args=trainer_args(model_dir, corpus, work_dir, max_epochs=2)).train()
     assert not torn.exists() and not deleting.exists()
     assert len(list(save.glob('CKPT+*'))) in (1, 2)
+
+
+def test_which_changes_a_resume_may_make():
+    from modelscope_mossformer.train_config import DEFAULT_TRAIN_CONFIG
+    from modelscope_mossformer.workdir import compare_runs
+
+    base = {'model': {'type': 't', 'num_blocks': 2}, 'train': dict(DEFAULT_TRAIN_CONFIG),
+            'train_data': {'path': '/d/train.csv', 'sha256': 'a'}}
+    changed = {'model': {'type': 't', 'num_blocks': 2},
+               'train': dict(DEFAULT_TRAIN_CONFIG, seed=7, lr=1e-3, max_epochs=300, bad_example_policy='skip'),
+               'train_data': {'path': '/d/train.csv', 'sha256': 'b'}}
+    defining, settings, bookkeeping = compare_runs(base, changed)
+    assert [text.split(':')[0] for text in defining] == ['train.seed', 'train_data.sha256']
+    assert [text.split(':')[0] for text in settings] == ['train.lr']
+    assert [text.split(':')[0] for text in bookkeeping] == ['train.bad_example_policy', 'train.max_epochs']
