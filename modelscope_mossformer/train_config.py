@@ -29,40 +29,81 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .data.dataset import AugmentConfig
 
-DEFAULT_TRAIN_CONFIG: Dict[str, Any] = {
-    # schedule (the released recipe)
-    'max_epochs': 200,
-    'lr': 1.5e-4,
-    'fine_tune_lr': 5e-5,  # used instead of lr when init_checkpoint is set
-    'weight_decay': 0.0,
-    'max_grad_norm': 5.0,  # null: no clipping
-    'lr_scheduler': {'factor': 0.5, 'patience': 2, 'dont_halve_until_epoch': 85, 'lr_min': 1e-8},
-    'loss_threshold_db': 30.0,  # examples separated better than this are left out of the loss
+@dataclass
+class LRSchedule:
+    """ReduceLROnPlateau on the validation SI-SNR (the released recipe)."""
+
+    factor: float = 0.5
+    patience: int = 2
+    dont_halve_until_epoch: int = 85
+    lr_min: float = 1e-8
+
+
+@dataclass
+class TrainConfig:
+    """The ``train`` section, typed: every key, its type and its default (the released recipe), once.
+
+    `to_dict` gives the section in this package's spelling (`DEFAULT_TRAIN_CONFIG` is the default one);
+    `from_dict` builds it back from a validated section; `released_spelling` gives the written form.
+    """
+
+    # schedule
+    max_epochs: int = 200
+    lr: float = 1.5e-4
+    fine_tune_lr: float = 5e-5  # used instead of lr when init_checkpoint is set
+    weight_decay: float = 0.0
+    max_grad_norm: Optional[float] = 5.0  # None: no clipping
+    lr_scheduler: LRSchedule = field(default_factory=LRSchedule)
+    loss_threshold_db: float = 30.0  # examples separated better than this are left out of the loss
     # data
-    'batch_size': 1,
-    'eval_batch_size': 1,
-    'num_workers': 0,
-    'segment_seconds': 4.0,
-    'augment': AugmentConfig().to_section(),  # its defaults live in data.dataset.AugmentConfig
-    'bad_example_policy': 'raise',
+    batch_size: int = 1
+    eval_batch_size: int = 1
+    num_workers: int = 0
+    segment_seconds: float = 4.0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    bad_example_policy: str = 'raise'
     # SpeechBrain run options
-    'precision': 'fp32',
-    'eval_precision': 'fp32',
-    'grad_accumulation_factor': 1,
-    'activation_checkpointing': False,  # recompute each block in backward: ~half the memory, ~1.4x the step time
-    'nonfinite_patience': 3,
-    'ckpt_interval_minutes': 0,
-    'ckpt_interval_steps': 0,
-    'progressbar': True,
-    'distributed_backend': None,  # nccl on CUDA, gloo on CPU when None
+    precision: str = 'fp32'
+    eval_precision: str = 'fp32'
+    grad_accumulation_factor: int = 1
+    activation_checkpointing: bool = False  # recompute each block in backward: ~half the memory, ~1.4x the time
+    nonfinite_patience: int = 3
+    ckpt_interval_minutes: float = 0
+    ckpt_interval_steps: int = 0
+    progressbar: bool = True
+    distributed_backend: Optional[str] = None  # nccl on CUDA, gloo on CPU when None
     # runs
-    'seed': 1234,
-    'init_checkpoint': None,
-}
+    seed: int = 1234
+    init_checkpoint: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The section in this package's spelling, JSON types."""
+        out: Dict[str, Any] = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, AugmentConfig):
+                value = value.to_section()
+            elif isinstance(value, LRSchedule):
+                value = asdict(value)
+            out[item.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, section: Mapping[str, Any], source: str = 'train section') -> 'TrainConfig':
+        """A complete, validated section (as `resolve_train_config` returns it) as a typed config."""
+        validate_train_config(section, source)
+        values = dict(section)
+        values['lr_scheduler'] = LRSchedule(**values['lr_scheduler'])
+        values['augment'] = AugmentConfig.from_section(values['augment'])
+        return cls(**values)
+
+
+DEFAULT_TRAIN_CONFIG: Dict[str, Any] = TrainConfig().to_dict()
 
 SUPPORTED_OPTIMIZERS = ('Adam',)
 SUPPORTED_SCHEDULERS = ('ReduceLROnPlateau',)

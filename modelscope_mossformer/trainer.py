@@ -36,7 +36,7 @@ import torch
 from modelscope.trainers.builder import TRAINERS
 from modelscope.trainers.base import BaseTrainer
 
-from .data.dataset import AugmentConfig, SeparationDataset, collate_separation
+from .data.dataset import SeparationDataset, collate_separation
 from .data.sources import load_split
 from .hub import resolve_model_dir
 from .metainfo import CONFIGURATION_FILE, TASK, Trainers
@@ -46,8 +46,8 @@ from .models import build_separator
 from .models.checkpoint import find_weights, load_weights
 from .errors import DiskFullError, NonFiniteLossError, NonFiniteWeightsError  # noqa: F401 - re-exported
 from .registration import register
-from .train_config import (DEFAULT_TRAIN_CONFIG, merge_config, modified_section, released_spelling,  # noqa: F401
-                           resolve_train_config)
+from .train_config import (DEFAULT_TRAIN_CONFIG, TrainConfig, merge_config, modified_section,  # noqa: F401
+                           released_spelling, resolve_train_config)
 from .workdir import (DELETING_PREFIX, PARTIAL_PREFIX, RUN_FILE, WorkDirLock, check_resume, disk_errors_named,
                       run_record)
 
@@ -131,7 +131,7 @@ class SpeechSeparationTrainer(BaseTrainer):
             train_cfg = resolve_train_config(
                 (modified_section(handed['train'], configuration.get('train') or {}, source), source))
             configuration['train'] = released_spelling(train_cfg)
-        self.train_cfg = train_cfg
+        self.train_config = TrainConfig.from_dict(train_cfg, str(config_path or 'model configuration'))
         if kwargs:
             logger.info('ignoring trainer arguments %s', sorted(kwargs))
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -148,6 +148,11 @@ class SpeechSeparationTrainer(BaseTrainer):
         self._attach_file_log()
 
     # -- helpers -----------------------------------------------------------
+
+    @property
+    def train_cfg(self) -> Dict[str, Any]:
+        """The train section in effect, as a dict (a snapshot of `train_config`)."""
+        return self.train_config.to_dict()
 
     @property
     def best_model_dir(self) -> Path:
@@ -173,15 +178,14 @@ class SpeechSeparationTrainer(BaseTrainer):
         if source is None:
             raise ValueError(f'no {split} dataset was given to the trainer')
         base = load_split(source, split, num_spks=self.model.num_spks, sample_rate=self.model.sample_rate)
-        cfg = self.train_cfg
+        cfg = self.train_config
         return SeparationDataset(
-            base, self.model.sample_rate, segment_seconds=cfg['segment_seconds'] if train else None, train=train,
-            augment=AugmentConfig.from_section(cfg['augment']),
-            bad_example_policy=cfg['bad_example_policy'], seed=cfg['seed'],
+            base, self.model.sample_rate, segment_seconds=cfg.segment_seconds if train else None, train=train,
+            augment=cfg.augment, bad_example_policy=cfg.bad_example_policy, seed=cfg.seed,
             min_samples=self.model.config.enc_kernel_size)
 
     def _seed(self) -> None:
-        seed = int(self.train_cfg['seed'])
+        seed = int(self.train_config.seed)
         os.environ['SB_GLOBAL_SEED'] = str(seed)
         random.seed(seed)
         np.random.seed(seed)
@@ -190,29 +194,29 @@ class SpeechSeparationTrainer(BaseTrainer):
     def _run_options(self):
         from speechbrain.utils.run_opts import RunOptions
 
-        cfg = self.train_cfg
-        backend = cfg['distributed_backend'] or ('nccl' if self.device.startswith('cuda') else 'gloo')
+        cfg = self.train_config
+        backend = cfg.distributed_backend or ('nccl' if self.device.startswith('cuda') else 'gloo')
         return RunOptions.from_dictionary({
-            'device': self.device, 'precision': cfg['precision'], 'eval_precision': cfg['eval_precision'],
-            'max_grad_norm': math.inf if cfg['max_grad_norm'] is None else cfg['max_grad_norm'],
-            'nonfinite_patience': cfg['nonfinite_patience'],
+            'device': self.device, 'precision': cfg.precision, 'eval_precision': cfg.eval_precision,
+            'max_grad_norm': math.inf if cfg.max_grad_norm is None else cfg.max_grad_norm,
+            'nonfinite_patience': cfg.nonfinite_patience,
             'skip_nonfinite_grads': True,  # a non-finite loss's NaN gradients are dropped, never applied
-            'grad_accumulation_factor': cfg['grad_accumulation_factor'],
-            'ckpt_interval_minutes': cfg['ckpt_interval_minutes'], 'ckpt_interval_steps': cfg['ckpt_interval_steps'],
-            'noprogressbar': not cfg['progressbar'], 'distributed_backend': backend})
+            'grad_accumulation_factor': cfg.grad_accumulation_factor,
+            'ckpt_interval_minutes': cfg.ckpt_interval_minutes, 'ckpt_interval_steps': cfg.ckpt_interval_steps,
+            'noprogressbar': not cfg.progressbar, 'distributed_backend': backend})
 
     def _initialise_weights(self) -> float:
         """Load `init_checkpoint` (fine-tuning) unless a run is being resumed; return the learning rate."""
-        cfg = self.train_cfg
-        if not cfg['init_checkpoint']:
-            return cfg['lr']
-        report = load_weights(self.model.separator, cfg['init_checkpoint'],
+        cfg = self.train_config
+        if not cfg.init_checkpoint:
+            return cfg.lr
+        report = load_weights(self.model.separator, cfg.init_checkpoint,
                               allow_shape_mismatch=('masker.out_proj.',))
         if report.reinitialised:
             logger.warning('init_checkpoint %s: re-initialised %s (speaker count differs)', report.source,
                            ', '.join(report.reinitialised))
-        logger.info('fine-tuning from %s (%s) at lr %g', report.source, report.format, cfg['fine_tune_lr'])
-        return cfg['fine_tune_lr']
+        logger.info('fine-tuning from %s (%s) at lr %g', report.source, report.format, cfg.fine_tune_lr)
+        return cfg.fine_tune_lr
 
     # -- training ----------------------------------------------------------
 
@@ -238,7 +242,7 @@ class SpeechSeparationTrainer(BaseTrainer):
 
         from .brain import AtomicCheckpointer, RNGState, SeparationBrain
 
-        cfg = self.train_cfg
+        cfg = self.train_config
         self._clean_partial_checkpoints()
         changed_settings = self._check_resume()
         self._seed()
@@ -251,33 +255,33 @@ class SpeechSeparationTrainer(BaseTrainer):
         valid_set = self._dataset(self.eval_dataset, 'validation', train=False)
         lr = self._initialise_weights()
         separator = self.model.separator
-        separator.activation_checkpointing = bool(cfg['activation_checkpointing'])
-        counter = EpochCounter(cfg['max_epochs'])
-        scheduler = ReduceLROnPlateau(lr_min=cfg['lr_scheduler']['lr_min'], factor=cfg['lr_scheduler']['factor'],
-                                      patience=cfg['lr_scheduler']['patience'],
-                                      dont_halve_until_epoch=cfg['lr_scheduler']['dont_halve_until_epoch'])
+        separator.activation_checkpointing = cfg.activation_checkpointing
+        counter = EpochCounter(cfg.max_epochs)
+        schedule = cfg.lr_scheduler
+        scheduler = ReduceLROnPlateau(lr_min=schedule.lr_min, factor=schedule.factor, patience=schedule.patience,
+                                      dont_halve_until_epoch=schedule.dont_halve_until_epoch)
         checkpointer = AtomicCheckpointer(
             str(self.checkpoint_dir), recoverables={'separator': separator, 'counter': counter,
                                                     'lr_scheduler': scheduler, 'rng': RNGState()})
         history = []
         # a resume allowed to change the optimiser's settings applies them over the recovered optimiser state
-        optimizer_override = ({'lr': lr, 'weight_decay': cfg['weight_decay']}
+        optimizer_override = ({'lr': lr, 'weight_decay': cfg.weight_decay}
                               if any(text.startswith(('train.lr', 'train.fine_tune_lr', 'train.weight_decay'))
                                      for text in changed_settings) else None)
-        hparams = {'loss_threshold_db': cfg['loss_threshold_db'], 'lr_scheduler': scheduler, 'train_set': train_set,
+        hparams = {'loss_threshold_db': cfg.loss_threshold_db, 'lr_scheduler': scheduler, 'train_set': train_set,
                    'optimizer_override': optimizer_override,
                    'on_epoch_end': lambda epoch, stats: history.append(self._on_epoch_end(epoch, stats))}
         brain = SeparationBrain(modules={'separator': separator},
                                opt_class=lambda params: torch.optim.Adam(params, lr=lr,
-                                                                        weight_decay=cfg['weight_decay']),
+                                                                        weight_decay=cfg.weight_decay),
                                hparams=hparams, run_opts=run_opts, checkpointer=checkpointer)
-        loader = {'batch_size': cfg['batch_size'], 'num_workers': cfg['num_workers'],
+        loader = {'batch_size': cfg.batch_size, 'num_workers': cfg.num_workers,
                   'collate_fn': collate_separation}
         # the loader's own generator: starting an epoch's iterator (also when resuming mid-epoch) must not
         # draw from the global RNG that the checkpoints restore, or a resumed run would not repeat a plain one
-        loader_rng = torch.Generator().manual_seed(int(cfg['seed']))
+        loader_rng = torch.Generator().manual_seed(int(cfg.seed))
         brain.fit(counter, train_set, valid_set, train_loader_kwargs=dict(loader, shuffle=True, generator=loader_rng),
-                  valid_loader_kwargs=dict(loader, batch_size=cfg['eval_batch_size']))
+                  valid_loader_kwargs=dict(loader, batch_size=cfg.eval_batch_size))
         self._brain = brain
         if self.best_model_dir.is_dir():
             self.model.model_dir = str(self.best_model_dir)
@@ -402,7 +406,7 @@ class SpeechSeparationTrainer(BaseTrainer):
         rows = []
         from tqdm import tqdm
 
-        for index in tqdm(range(len(dataset)), desc='evaluate', disable=not self.train_cfg['progressbar']):
+        for index in tqdm(range(len(dataset)), desc='evaluate', disable=not self.train_config.progressbar):
             item = dataset[index]
             if item is None:
                 continue

@@ -105,3 +105,16 @@ def test_a_cfg_modify_fn_setting_both_spellings_differently_is_refused():
     edited['lr'], edited['optimizer']['lr'] = 1e-3, 2e-3
     with pytest.raises(ValueError, match='two spellings'):
         modified_section(handed, edited, 'cfg_modify_fn')
+
+
+def test_the_typed_config_is_the_one_source_of_defaults_and_round_trips():
+    from modelscope_mossformer.data.dataset import AugmentConfig
+    from modelscope_mossformer.train_config import LRSchedule, TrainConfig
+
+    assert TrainConfig().to_dict() == DEFAULT_TRAIN_CONFIG
+    typed = TrainConfig.from_dict(resolve_train_config((RELEASED_TRAIN, SOURCE)), SOURCE)
+    assert isinstance(typed.lr_scheduler, LRSchedule) and isinstance(typed.augment, AugmentConfig)
+    assert (typed.seed, typed.lr, typed.lr_scheduler.dont_halve_until_epoch) == (10, 1.5e-4, 85)
+    assert TrainConfig.from_dict(typed.to_dict()) == typed
+    with pytest.raises(ValueError, match=r'train\.batch_size must be a positive integer'):
+        TrainConfig.from_dict(dict(DEFAULT_TRAIN_CONFIG, batch_size=0), SOURCE)

@@ -173,7 +173,7 @@ def test_a_second_trainer_on_a_busy_work_dir_fails_and_a_killed_owner_is_taken_o
     caplog.set_level(logging.WARNING, logger='modelscope_mossformer')
     trainer = build_trainer(Trainers.speech_separation, default_args=dict(args, max_epochs=100000))
     assert f'taking over the lock of a run that ended without releasing it (pid {owner.pid}' in caplog.text
-    trainer.train_cfg['max_epochs'] = 1  # bookkeeping only: the resumed run ends at once
+    trainer.train_config.max_epochs = 1  # bookkeeping only: the resumed run ends at once
     trainer.train()
 
 
