@@ -129,8 +129,8 @@ class MossFormerSeparation(TorchModel):
         configuration: Dict[str, Any] = {}
         if self.model_dir and (Path(self.model_dir) / CONFIGURATION_FILE).is_file():
             configuration = read_configuration(self.model_dir)
-        configuration.update({'framework': 'pytorch', 'task': TASK, 'model': self.model_section(),
-                              'pipeline': {'type': self.model_type}, PACKAGE_KEY: package_note()})
+        configuration = model_configuration(self.model_section(), base=configuration)
+        configuration[PACKAGE_KEY] = package_note()
         configuration.update(dict(extra_configuration or {}))
         written = save_released(self.separator, directory)
         written.append(write_configuration(directory, configuration))
@@ -147,6 +147,23 @@ def _check_type_matches(model_type: str, config: MossFormerConfig, model_dir: Op
         raise ValueError(f'{where}model type {model_type!r} is {family} at {rate} Hz, but the configuration says '
                          f'{config.family} at {config.sample_rate} Hz; use type '
                          f'{model_type_for(config.family, config.sample_rate)!r} or change sample_rate')
+
+
+def model_configuration(model_section: Mapping[str, Any], train: Optional[Mapping[str, Any]] = None,
+                        base: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """The configuration.json of a model dir, assembled in one place.
+
+    Args:
+        model_section: the ``model`` section (with its ``type``, which the pipeline section repeats).
+        train: the ``train`` section, if any (written as given: pass `released_spelling(...)`).
+        base: a configuration whose other sections (``preprocessor``, ``evaluation``...) are kept.
+    """
+    configuration = dict(base or {})
+    configuration.update({'framework': 'pytorch', 'task': TASK, 'model': dict(model_section),
+                          'pipeline': {'type': model_section['type']}})
+    if train is not None:
+        configuration['train'] = dict(train)
+    return configuration
 
 
 def package_note() -> Dict[str, str]:

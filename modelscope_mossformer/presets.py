@@ -18,7 +18,7 @@ PRESETS = ('mossformer_8k', 'mossformer_16k', 'mossformer2_8k', 'mossformer2_16k
 
 def build_preset(name: str) -> Dict[str, Any]:
     """The configuration of a preset, computed from the code's defaults."""
-    from .model import MossFormerSeparation
+    from .model import MossFormerSeparation, model_configuration
     from .models import mossformer2_base, mossformer_large
     from .metainfo import model_type_for
     from .train_config import DEFAULT_TRAIN_CONFIG, released_spelling
@@ -29,8 +29,7 @@ def build_preset(name: str) -> Dict[str, Any]:
     config = (mossformer_large if family == 'mossformer' else mossformer2_base)(sample_rate=int(rate[:-1]) * 1000)
     model_type = model_type_for(config.family, config.sample_rate)
     section = MossFormerSeparation.section_for(config, model_type)
-    return {'framework': 'pytorch', 'task': 'speech-separation', 'model': section,
-            'pipeline': {'type': model_type}, 'train': released_spelling(DEFAULT_TRAIN_CONFIG)}
+    return model_configuration(section, train=released_spelling(DEFAULT_TRAIN_CONFIG))
 
 
 def load_preset(name: str) -> Dict[str, Any]:
@@ -44,7 +43,7 @@ def write_model_dir(name: str, directory: Union[str, os.PathLike], model: Option
                     train: Optional[Dict[str, Any]] = None) -> Path:
     """Write a preset (with optional `model` / `train` key overrides) as a model dir's configuration.json."""
     from .metainfo import MODEL_TYPES, model_type_for
-    from .model import MossFormerSeparation, write_configuration
+    from .model import MossFormerSeparation, model_configuration, write_configuration
     from .models.configs import CONFIG_CLASSES
     from .train_config import released_spelling, resolve_train_config
 
@@ -57,11 +56,11 @@ def write_model_dir(name: str, directory: Union[str, os.PathLike], model: Option
     overridden = {cls.field_for(key) for key in (model or {})}
     kept = {key: value for key, value in section.items() if cls.field_for(key) not in overridden}
     config = cls.from_model_kwargs({**kept, **(model or {})}, source=f'preset {name}')
-    configuration['model'] = MossFormerSeparation.section_for(config, model_type_for(config.family,
-                                                                                      config.sample_rate))
-    configuration['pipeline'] = {'type': configuration['model']['type']}
-    configuration['train'] = released_spelling(resolve_train_config(
-        (configuration['train'], f'preset {name}'), (train, 'the train argument')))
+    configuration = model_configuration(
+        MossFormerSeparation.section_for(config, model_type_for(config.family, config.sample_rate)),
+        train=released_spelling(resolve_train_config((configuration['train'], f'preset {name}'),
+                                                     (train, 'the train argument'))),
+        base=configuration)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     return write_configuration(directory, configuration)

@@ -91,7 +91,7 @@ def run(out: Path, epochs: int = 12, train_mixtures: int = 120, progress: bool =
     from .data.manifest import read_csv_manifest
     from .data.synth import DemoCorpusSpec, generate_demo_corpus
     from .metrics import pit_si_snr, reorder
-    from .model import write_configuration
+    from .model import model_configuration, write_configuration
 
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
@@ -100,8 +100,7 @@ def run(out: Path, epochs: int = 12, train_mixtures: int = 120, progress: bool =
         progress=progress)
     model_dir = out / 'model'
     model_dir.mkdir(exist_ok=True)
-    write_configuration(model_dir, {'framework': 'pytorch', 'task': TASK, 'model': DEMO_MODEL,
-                                    'pipeline': {'type': DEMO_MODEL['type']}, 'train': DEMO_TRAIN})
+    write_configuration(model_dir, model_configuration(DEMO_MODEL, train=DEMO_TRAIN))
 
     before = _trainer(model_dir, None, corpus.csv['test'], out / 'before', epochs, progress).evaluate(None)
     trainer = _trainer(model_dir, corpus.csv['train'], corpus.csv['validation'], out / 'train_dir', epochs,

@@ -39,9 +39,10 @@ from modelscope.trainers.base import BaseTrainer
 from .data.dataset import SeparationDataset, collate_separation
 from .data.sources import load_split
 from .hub import resolve_model_dir
-from .metainfo import CONFIGURATION_FILE, TASK, Trainers
+from .metainfo import CONFIGURATION_FILE, Trainers
 from .metrics import separation_scores
-from .model import MossFormerSeparation, load_model_dir, read_configuration, write_configuration
+from .model import (MossFormerSeparation, load_model_dir, model_configuration, read_configuration,
+                    write_configuration)
 from .models import build_separator
 from .models.checkpoint import find_weights, load_weights
 from .errors import DiskFullError, NonFiniteLossError, NonFiniteWeightsError  # noqa: F401 - re-exported
@@ -119,8 +120,8 @@ class SpeechSeparationTrainer(BaseTrainer):
                                        'init_checkpoint': init_checkpoint}.items() if v is not None}
         train_cfg = resolve_train_config((configuration.get('train'), str(config_path or 'model configuration')),
                                          (train, 'the train argument'), (shortcuts, 'the trainer arguments'))
-        configuration.update({'framework': 'pytorch', 'task': TASK,
-                              'model': self.model.model_section(), 'train': released_spelling(train_cfg)})
+        configuration = model_configuration(self.model.model_section(), train=released_spelling(train_cfg),
+                                            base=configuration)
         if cfg_modify_fn is not None:
             from modelscope.utils.config import Config
 
