@@ -674,7 +674,7 @@ def separate_many(engine_or_pipeline: Any, inputs: Sequence[PathLike], out_dir: 
     engine = engine_of(engine_or_pipeline)
     out_dir = Path(out_dir)
     jobs = collect_jobs(inputs, out_dir, split=split, sample_rate=engine.sample_rate,
-                        num_spks=getattr(engine.separator, 'num_spks', None))
+                        num_spks=engine.num_spks)
     out_dir.mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm
 
