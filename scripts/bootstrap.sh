@@ -54,7 +54,7 @@ build_venv() {
     # setuptools and wheel go in explicitly: the warm path builds the editable install without build
     # isolation (and without network), using these.
     "$tmp/bin/python" -m pip install --progress-bar off --upgrade pip 'setuptools>=64' wheel >&2
-    "$tmp/bin/python" -m pip install --progress-bar off -c constraints.txt -e '.[test]' >&2
+    "$tmp/bin/python" -m pip install --progress-bar off -c constraints.txt -e '.[test,all]' >&2
 
     # venvs are not relocatable: console scripts (pip, pytest, mossformer) carry the build path in
     # their shebang. Rewrite it to the final path (skipping the python symlinks).

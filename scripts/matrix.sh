@@ -7,7 +7,7 @@
 #   MATRIX_REBUILD=1 bash scripts/matrix.sh plain         # rebuild the venv even if cached
 #
 # cell          python  install command (in a fresh venv, from a clean clone of HEAD)
-# py311         3.11    pip install -c constraints.txt '.[test]'                (= CI's cell)
+# py311         3.11    pip install -c constraints.txt '.[test,all]'            (= CI's cell)
 # py310         3.10    pip install -c constraints/py310.txt '.[test]'
 # py312         3.12    pip install -c constraints/py312.txt '.[test]'
 # py310-oldest  3.10    pip install -c constraints/py310-oldest.txt '.[test]' oss2   (every lower bound of setup.cfg)
