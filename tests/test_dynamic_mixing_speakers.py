@@ -201,6 +201,17 @@ def test_utt2spk_folder_and_stem_keys_for_trees_whose_sources_share_a_name(tmp_p
     assert load_manifest(root, split='train', sample_rate=RATE)[0].speakers == ('first', 'second')
 
 
+def test_a_mixture_level_utt2spk_names_no_source(tmp_path, caplog):
+    # Kaldi / ESPnet wsj0-2mix folders key utt2spk by mixture id, which is also the stem of s1/ and s2/ files:
+    # it cannot say which source is whose, so the names decide
+    stem = '01aa010b_0.97482_209a010p_-0.97482'
+    (tmp_path / 'tr.scp').write_text(f'mix/{stem}.wav s1/{stem}.wav s2/{stem}.wav\n')
+    (tmp_path / 'utt2spk').write_text(f'{stem} {stem}\n')
+    with caplog.at_level(logging.WARNING, logger='modelscope_mossformer'):
+        assert load_manifest(tmp_path / 'tr.scp')[0].speakers == ('01a', '209')
+    assert any('names none of the 2 source(s)' in r.getMessage() for r in caplog.records)
+
+
 def test_precedence_csv_column_then_utt2spk_then_names(tmp_path):
     names = 'm/103-1-0_19-2-3.wav,a/u1.wav,b/u2.wav'
     (tmp_path / 'plain.csv').write_text(f'mix_wav,s1_wav,s2_wav\n{names}\n')

@@ -6,7 +6,8 @@ mixture (SpeechBrain's WSJ0-2mix recipes do this).  Where an id comes from, per 
 1. an ``sN_spk`` column of a CSV manifest (``s1_spk``, ``s2_spk``[, ``s3_spk``]: all of them or none);
 2. a Kaldi-style ``utt2spk`` file (``<utterance-id> <speaker-id>`` per line); a source is looked up by
    ``<folder>/<file stem>`` first (e.g. ``s1/103-1240-0000_1034-121119-0049``: for trees where the sources
-   of one mixture share a file name) and then by its file stem;
+   of one mixture share a file name) and then by its file stem, unless another source of the same mixture
+   has that stem too (a mixture-level utt2spk, as in Kaldi / ESPnet wsj0-2mix data folders, names no source);
 3. the mixture's file name, when every mixture of the manifest follows one of these namings:
 
    * LibriMix: ``<spk>-<chapter>-<utt>_<spk>-<chapter>-<utt>[_...]`` -> the part before the first ``-``
@@ -143,9 +144,10 @@ class Utt2Spk:
     path: Path
     entries: Dict[str, Tuple[str, int]]
 
-    def lookup(self, source: Path) -> Optional[Tuple[str, str]]:
-        """(speaker, 'file:line') of a source file, by ``<folder>/<stem>`` and then ``<stem>``; None if absent."""
-        for key in utterance_keys(source):
+    def lookup(self, source: Path, by_stem: bool = True) -> Optional[Tuple[str, str]]:
+        """(speaker, 'file:line') of a source file, by ``<folder>/<stem>`` and then (if `by_stem`) ``<stem>``;
+        None if absent."""
+        for key in utterance_keys(source)[:2 if by_stem else 1]:
             if key in self.entries:
                 speaker, line = self.entries[key]
                 return speaker, f'{self.path}:{line}'
@@ -221,12 +223,16 @@ def assign_speakers(examples: Sequence['Example'], utt2spk: Optional[Union[PathL
         logger.debug('speaker ids from the %s file naming of %d mixture(s)', named[0], len(examples))
     seen: Dict[Path, Tuple[str, str]] = {}  # source file -> (speaker, where that was said)
     out = []
+    matched = 0
     for number, example in enumerate(examples):
         where = example.origin or str(example.mix)
         speakers: List[Optional[str]] = []
+        stems = [Path(source).stem for source in example.sources]
+        by_stem = len(set(stems)) == len(stems)
         for index, source in enumerate(example.sources):
             given = example.speakers[index] if example.speakers else None
-            listed = table.lookup(source) if table is not None else None
+            listed = table.lookup(source, by_stem) if table is not None else None
+            matched += listed is not None
             if given is not None and listed is not None and listed[0] != given:
                 raise SpeakerError(f'{where}: {speaker_column(index)} is {given!r} but {listed[1]} gives '
                                    f'{Path(source).name} speaker {listed[0]!r}')
@@ -249,6 +255,9 @@ def assign_speakers(examples: Sequence['Example'], utt2spk: Optional[Union[PathL
             out.append(dataclasses.replace(example, speakers=None))
         else:
             out.append(dataclasses.replace(example, speakers=tuple(speakers)))
+    if table is not None and not matched:
+        logger.warning('%s names none of the %d source(s) (keys: <folder>/<file stem>, or the file stem where the '
+                       'sources of a mixture have distinct stems)', table.path, sum(e.num_spks for e in examples))
     return out
 
 
