@@ -180,6 +180,9 @@ def normalise_train_section(section: Optional[Mapping[str, Any]], source: str) -
                              f'supported: {list(SUPPORTED_SCHEDULERS)} (factor, patience, '
                              'dont_halve_until_epoch, lr_min)')
         out['lr_scheduler'] = scheduler
+    augment = out.get('augment')
+    if isinstance(augment, Mapping) and isinstance(augment.get('dm_loudness'), str):
+        out['augment'] = dict(augment, dm_loudness=augment['dm_loudness'].lower())  # 'LUFS' reads as 'lufs'
     return out
 
 
@@ -204,6 +207,12 @@ def validate_train_config(cfg: Mapping[str, Any], source: str) -> None:
         raise ValueError(f'{source}: train.weight_decay must be a number >= 0, got {weight_decay!r}')
     if isinstance(cfg['seed'], bool) or not isinstance(cfg['seed'], int):
         raise ValueError(f'{source}: train.seed must be an integer, got {cfg["seed"]!r}')
+    if not isinstance(cfg['augment'], Mapping):
+        raise ValueError(f'{source}: train.augment must be an object, got {cfg["augment"]!r}')
+    try:
+        AugmentConfig.from_section(cfg['augment'])
+    except ValueError as err:  # the message starts with the field's name
+        raise ValueError(f'{source}: train.augment.{err}') from None
 
 
 def resolve_train_config(*layers: Tuple[Optional[Mapping[str, Any]], str]) -> Dict[str, Any]:

@@ -138,7 +138,7 @@ def test_bad_examples_are_skipped_and_counted(tmp_path, corpus):
     broken = tmp_path / 'train_with_missing.csv'
     absolute = [','.join(str((corpus.csv['train'].parent / cell).resolve()) for cell in row.split(','))
                 for row in rows[1:]]
-    broken.write_text('\n'.join([rows[0]] + absolute + ['/nope/m.wav,/nope/a.wav,/nope/b.wav']) + '\n')
+    broken.write_text('\n'.join([rows[0]] + absolute + ['/nope/m.wav,/nope/a.wav,/nope/b.wav,v98,v99']) + '\n')
     args = dict(model=str(model_dir(tmp_path / 'model')), train_dataset=str(broken),
                 eval_dataset=str(corpus.csv['validation']), work_dir=str(tmp_path / 'work'), max_epochs=1)
     with pytest.raises(ValueError, match=r'train_with_missing.csv:8: .*m.wav: file not found'):

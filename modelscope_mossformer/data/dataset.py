@@ -8,12 +8,18 @@ ModelScope torch datasets whose preprocessors provide ``mix_sig`` / ``s1_sig``
 segments of a configured length for training (full utterances otherwise),
 on-the-fly augmentation (dynamic mixing, speed perturbation, random gain) and a
 bad-example policy; `collate_separation` pads a batch and keeps the lengths.
+
+Dynamic mixing draws distinct speakers when the base dataset knows each source's
+speaker (`ManifestDataset.speaker_pool`, see `speakers`): speakers weighted by
+their utterance counts, then one utterance of each, as SpeechBrain's recipes do.
+Without speaker ids it draws random sources, which may share a speaker.
 """
 from __future__ import annotations
 
-import logging
-import random
 import dataclasses
+import logging
+import math
+import random
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -23,10 +29,15 @@ from torch.utils.data import Dataset
 
 from .audio import AudioError, read_audio, sample_problem, to_mono
 from .manifest import Example
+from .speakers import SpeakerError, SpeakerPool
 
 logger = logging.getLogger(__name__)
 
 BAD_EXAMPLE_POLICIES = ('raise', 'skip')
+DM_LOUDNESS_MODES = ('lufs',)
+# LibriMix draws each source's loudness uniformly in [-33, -25] LUFS (its create_librimix_from_metadata.py)
+DM_LOUDNESS_LUFS = (-33.0, -25.0)
+LOUDNESS_EXTRA = "pip install 'modelscope_mossformer[loudness]'"
 MIX_FIELD = 'mix_sig'
 
 
@@ -69,6 +80,17 @@ class ManifestDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.examples)
+
+    def speaker_pool(self) -> Optional[SpeakerPool]:
+        """The sources grouped by speaker id, or None when no id is known.
+
+        Raises:
+            ExampleError: only some sources have an id (naming the first without one).
+        """
+        try:
+            return SpeakerPool.from_examples(self.examples)
+        except SpeakerError as err:
+            raise ExampleError(str(err)) from None
 
     def _where(self, example: Example) -> str:
         return example.origin or example.id
@@ -168,6 +190,9 @@ class AugmentConfig:
         speed_perturb: apply SpeechBrain's SpeedPerturb (same speed for all sources).
         speeds: speeds in percent for speed perturbation.
         random_gain_db: range of one random gain (dB) for the whole example, or None.
+        dm_loudness: None: dynamic-mixing sources get random `dm_gain_db` gains; 'lufs': each source is
+            scaled to a random integrated loudness (ITU-R BS.1770, pyloudnorm) in `dm_loudness_lufs`.
+        dm_loudness_lufs: target loudness range in LUFS for 'lufs'; None means LibriMix's [-33, -25].
     """
 
     dynamic_mixing: bool = False
@@ -175,6 +200,25 @@ class AugmentConfig:
     speed_perturb: bool = False
     speeds: Tuple[float, ...] = (95.0, 100.0, 105.0)
     random_gain_db: Optional[Tuple[float, float]] = None
+    dm_loudness: Optional[str] = None
+    dm_loudness_lufs: Optional[Tuple[float, float]] = None
+
+    def __post_init__(self) -> None:
+        if self.dm_loudness is not None and self.dm_loudness not in DM_LOUDNESS_MODES:
+            raise ValueError(f"dm_loudness must be null (random dm_gain_db gains) or one of {list(DM_LOUDNESS_MODES)}, "
+                             f'got {self.dm_loudness!r}')
+        if self.dm_loudness_lufs is not None:
+            span = self.dm_loudness_lufs
+            if not isinstance(span, (tuple, list)) or len(span) != 2 or any(
+                    isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in span) \
+                    or span[0] > span[1]:
+                raise ValueError(f'dm_loudness_lufs must be [low, high] finite LUFS with low <= high (or null for '
+                                 f'{list(DM_LOUDNESS_LUFS)}), got {list(span) if isinstance(span, tuple) else span!r}')
+
+    @property
+    def loudness_range(self) -> Tuple[float, float]:
+        """The target loudness range of 'lufs' dynamic mixing."""
+        return tuple(self.dm_loudness_lufs) if self.dm_loudness_lufs is not None else DM_LOUDNESS_LUFS
 
     @property
     def active(self) -> bool:
@@ -191,6 +235,36 @@ class AugmentConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in section.items()})
 
 
+def loudness_meter(sample_rate: int) -> Any:
+    """A pyloudnorm ITU-R BS.1770-4 meter (K-weighting, 400 ms gated blocks).
+
+    Raises:
+        ImportError: pyloudnorm is missing, naming the extra that installs it.
+    """
+    try:
+        import pyloudnorm
+    except ImportError:
+        raise ImportError("loudness-normalised dynamic mixing (train.augment.dm_loudness='lufs') needs the "
+                          f"'pyloudnorm' package: {LOUDNESS_EXTRA}") from None
+    return pyloudnorm.Meter(sample_rate)
+
+
+def loudness_gain(wave: torch.Tensor, target_lufs: float, meter: Any, where: str = 'source') -> float:
+    """The factor that brings `wave` [T] to an integrated loudness of `target_lufs` (1.0 for silence).
+
+    Raises:
+        ExampleError: `wave` is shorter than one 400 ms loudness block.
+    """
+    block = int(round(meter.block_size * meter.rate))
+    if wave.shape[-1] <= block:
+        raise ExampleError(f'{where}: {wave.shape[-1]} sample(s), too short to measure its loudness (needs more '
+                           f'than one {meter.block_size:g} s block, {block} samples)')
+    measured = meter.integrated_loudness(wave.detach().double().numpy())
+    if not math.isfinite(measured):
+        return 1.0
+    return float(10 ** ((target_lufs - measured) / 20))
+
+
 class SeparationDataset(Dataset):
     """Training / evaluation items from a `ManifestDataset` or `RowDataset`.
 
@@ -204,6 +278,11 @@ class SeparationDataset(Dataset):
             'skip' logs it, yields None (dropped by `collate_separation` and counted).
         seed: base seed; items are reproducible for a given (seed, epoch, index).
         min_samples: utterances shorter than this (the encoder kernel) are bad examples.
+
+    Raises:
+        ValueError: dynamic mixing on a pool with fewer distinct speakers than `base.num_spks`, or where
+            only some sources have a speaker id.
+        ImportError: ``augment.dm_loudness='lufs'`` without pyloudnorm.
     """
 
     def __init__(self, base: Dataset, sample_rate: int, segment_seconds: Optional[float] = None, train: bool = True,
@@ -224,6 +303,25 @@ class SeparationDataset(Dataset):
         self.min_samples = int(min_samples)
         self.epoch = 0
         self._speed = None
+        self._meter = None
+        self.pool: Optional[SpeakerPool] = None  # speakers dynamic mixing draws from; None: ids unknown
+        if train and self.augment.dynamic_mixing:
+            self.pool = self._speaker_pool()
+            if self.augment.dm_loudness == 'lufs':
+                self._meter = loudness_meter(sample_rate)
+
+    def _speaker_pool(self) -> Optional[SpeakerPool]:
+        build = getattr(self.base, 'speaker_pool', None)
+        pool = build() if build is not None else None
+        if pool is None:
+            logger.warning('dynamic mixing: the training data has no speaker ids (give sN_spk CSV columns, an '
+                           'utt2spk file, or LibriMix / wsj0-mix file names), so two sources of one mixture may '
+                           'come from the same speaker')
+            return None
+        pool.check_enough(self.num_spks, 'the training data')
+        logger.info('dynamic mixing: %d distinct speakers per mixture from %d speakers (%d utterances), '
+                    'weighted by their utterance counts', self.num_spks, len(pool), sum(pool.counts))
+        return pool
 
     def __len__(self) -> int:
         return len(self.base)
@@ -241,17 +339,36 @@ class SeparationDataset(Dataset):
         start = rng.randrange(0, waves.shape[-1] - self.segment + 1)
         return waves[..., start:start + self.segment]
 
+    def draw_sources(self, index: int) -> List[Tuple[int, int]]:
+        """The ``(example index, source index)`` of each source dynamic mixing puts in item `index` this epoch
+        (reads no audio; the same draw `__getitem__` makes)."""
+        if not (self.train and self.augment.dynamic_mixing):
+            raise ValueError('draw_sources: dynamic mixing is off for this dataset')
+        return self._draw(index, self._rng(index))
+
+    def _draw(self, index: int, rng: random.Random) -> List[Tuple[int, int]]:
+        if self.pool is not None:  # distinct speakers, weighted by utterance counts
+            return self.pool.draw(rng, self.num_spks)
+        rows = [rng.randrange(len(self.base)) for _ in range(self.num_spks - 1)]
+        return [(index, 0)] + [(row, rng.randrange(self.num_spks)) for row in rows]
+
+    def _dm_gains(self, waves: Sequence[torch.Tensor], picks: Sequence[Tuple[int, int]],
+                  rng: random.Random) -> List[float]:
+        if self.augment.dm_loudness != 'lufs':
+            return [10 ** (rng.uniform(*self.augment.dm_gain_db) / 20) for _ in waves]
+        low, high = self.augment.loudness_range
+        return [loudness_gain(wave, rng.uniform(low, high), self._meter, f'example {example} source {source + 1}')
+                for wave, (example, source) in zip(waves, picks)]
+
     def _dynamic_mix(self, index: int, rng: random.Random) -> Dict[str, Any]:
-        picks = [index] + [rng.randrange(len(self.base)) for _ in range(self.num_spks - 1)]
-        sources = []
-        for speaker, pick in enumerate(picks):
-            wave = self.base.read_source(pick, rng.randrange(self.num_spks) if speaker else speaker)
-            wave = self._crop(wave.unsqueeze(0), rng)[0]
-            sources.append(wave * 10 ** (rng.uniform(*self.augment.dm_gain_db) / 20))
-        length = min(s.shape[-1] for s in sources)
-        stacked = torch.stack([s[:length] for s in sources])
-        return {'id': f'dm{self.epoch}-' + '+'.join(str(p) for p in picks), 'sources': stacked,
-                'mix': stacked.sum(0)}
+        picks = self._draw(index, rng)
+        waves = [self._crop(self.base.read_source(example, source).unsqueeze(0), rng)[0]
+                 for example, source in picks]
+        length = min(w.shape[-1] for w in waves)
+        waves = [w[:length] for w in waves]
+        stacked = torch.stack([w * gain for w, gain in zip(waves, self._dm_gains(waves, picks, rng))])
+        return {'id': f'dm{self.epoch}-' + '+'.join(f'{example}s{source + 1}' for example, source in picks),
+                'sources': stacked, 'mix': stacked.sum(0), 'dm_sources': picks}
 
     def _speed_perturb(self, item: Dict[str, Any], seed: int) -> Dict[str, Any]:
         if self._speed is None:

@@ -11,16 +11,26 @@ care where the list came from.
   the list's folder.
 * LibriMix: ``<root>/wav8k|wav16k/min|max/<split>/{mix_clean|mix_both|mix_single, s1, s2[, s3]}``.
 
+Speaker ids (for dynamic mixing, see `speakers`): optional CSV columns ``s1_spk,s2_spk[,s3_spk]``, an
+``utt2spk`` file, or the LibriMix / wsj0-mix / demo-corpus file naming; `load_manifest` applies them.
+
 Errors (`ManifestError`) name the file, the line and what was expected.
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+from .speakers import (SPEAKER_COLUMN, SpeakerError, assign_speakers, check_speaker_id, find_utt2spk, read_utt2spk,
+                       speaker_column)
+
+logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
@@ -33,6 +43,7 @@ AUDIO_SUFFIXES = ('.wav', '.flac', '.ogg', '.aiff', '.aif', '.au', '.mp3')
 CSV_SUFFIXES = ('.csv',)
 SCP_SUFFIXES = ('.scp', '.lst', '.txt')  # ClearerVoice-style lists: one mixture (and its sources) per line
 LIST_SUFFIXES = CSV_SUFFIXES + SCP_SUFFIXES
+UTT2SPK_NAME = 'utt2spk'
 
 
 class ManifestError(ValueError):
@@ -48,12 +59,14 @@ class Example:
         mix: mixture file.
         sources: one file per speaker, in speaker order.
         origin: where the example was listed ("file:line"), for error messages.
+        speakers: speaker id of each source (None where unknown), or None when none is known.
     """
 
     id: str
     mix: Path
     sources: Tuple[Path, ...]
     origin: str = ''
+    speakers: Optional[Tuple[Optional[str], ...]] = None
 
     @property
     def num_spks(self) -> int:
@@ -76,8 +89,7 @@ def _unique_ids(examples: List[Example]) -> List[Example]:
     for example in examples:
         count = seen.get(example.id, 0)
         seen[example.id] = count + 1
-        out.append(example if count == 0 else
-                   Example(f'{example.id}-{count}', example.mix, example.sources, example.origin))
+        out.append(example if count == 0 else dataclasses.replace(example, id=f'{example.id}-{count}'))
     return out
 
 
@@ -88,8 +100,20 @@ def _check_num_spks(found: int, expected: Optional[int], where: str) -> None:
         raise ManifestError(f'{where}: {found} source(s) per mixture, expected {expected}')
 
 
+def _speaker_columns(bare: List[str], count: int, path: Path) -> List[int]:
+    """Positions of the ``s1_spk..sN_spk`` columns (all `count` of them, or none)."""
+    present = {int(m.group(1)): at for at, name in enumerate(bare) for m in [SPEAKER_COLUMN.match(name)] if m}
+    if not present:
+        return []
+    wanted = list(range(1, count + 1))
+    if sorted(present) != wanted:
+        raise ManifestError(f'{path}:1: speaker columns must be {",".join(speaker_column(i) for i in range(count))} '
+                            f'(one per source) or none; found {[bare[present[k]] for k in sorted(present)]}')
+    return [present[k] for k in wanted]
+
+
 def read_csv_manifest(path: PathLike, num_spks: Optional[int] = None) -> List[Example]:
-    """Parse a ``mix_wav:FILE,s1_wav:FILE,...`` CSV into examples."""
+    """Parse a ``mix_wav:FILE,s1_wav:FILE,...`` CSV (optional ``id`` and ``s1_spk,...`` columns) into examples."""
     path = Path(path)
     try:
         text = path.read_text(encoding='utf-8-sig')
@@ -114,6 +138,7 @@ def read_csv_manifest(path: PathLike, num_spks: Optional[int] = None) -> List[Ex
         raise ManifestError(f'{path}:1: source columns must be s1_wav..sN_wav without gaps; '
                             f'unexpected {extra} after {count} source(s)')
     _check_num_spks(count, num_spks, f'{path}:1')
+    speaker_at = _speaker_columns(bare, count, path)
     mix_at = bare.index(MIX_COLUMN)
     source_at = [bare.index(source_column(i)) for i in range(count)]
     id_at = bare.index('id') if 'id' in bare else None
@@ -130,7 +155,12 @@ def read_csv_manifest(path: PathLike, num_spks: Optional[int] = None) -> List[Ex
         mix = _resolve(row[mix_at].strip(), path.parent)
         sources = tuple(_resolve(row[i].strip(), path.parent) for i in source_at)
         example_id = row[id_at].strip() if id_at is not None and row[id_at].strip() else mix.stem
-        examples.append(Example(example_id, mix, sources, where))
+        try:
+            speakers = tuple(check_speaker_id(row[at], f'{where}: {names[at]}') for at in speaker_at) \
+                if speaker_at else None
+        except SpeakerError as err:
+            raise ManifestError(str(err)) from None
+        examples.append(Example(example_id, mix, sources, where, speakers))
     if not examples:
         raise ManifestError(f'{path}: no rows after the header')
     return _unique_ids(examples)
@@ -226,25 +256,53 @@ def scan_librimix(root: PathLike, split: str, sample_rate: Optional[int] = None,
     return examples
 
 
+def utt2spk_candidates(source: PathLike, examples: Sequence[Example] = ()) -> List[Path]:
+    """Where `load_manifest` looks for an utt2spk file, first found wins: beside a CSV / scp list
+    ``<list stem>.utt2spk`` then ``utt2spk``; for a LibriMix tree ``utt2spk`` in the split folder (the one
+    holding the mixture folder) and then in the given folder."""
+    source = Path(source)
+    if source.is_dir():
+        split_dirs = list(dict.fromkeys(e.mix.parent.parent for e in examples[:1]))
+        return [d / UTT2SPK_NAME for d in split_dirs] + [source / UTT2SPK_NAME]
+    return [source.with_suffix('.utt2spk'), source.parent / UTT2SPK_NAME]
+
+
 def load_manifest(source: PathLike, split: Optional[str] = None, num_spks: Optional[int] = None,
-                  sample_rate: Optional[int] = None, **librimix_options: str) -> List[Example]:
-    """Examples from a CSV, an scp list or a LibriMix tree (a folder; needs `split`)."""
+                  sample_rate: Optional[int] = None, utt2spk: Optional[PathLike] = None,
+                  **librimix_options: str) -> List[Example]:
+    """Examples from a CSV, an scp list or a LibriMix tree (a folder; needs `split`), with speaker ids.
+
+    Args:
+        utt2spk: an utt2spk file for the speaker ids; when None, one found at `utt2spk_candidates` is used.
+
+    Raises:
+        ManifestError: an unreadable manifest, or a malformed / contradicting speaker id (naming file and line).
+    """
     source = Path(source)
     if source.is_dir():
         if split is None:
             raise ValueError(f'{source}: a LibriMix folder needs a split (train, validation or test)')
-        return scan_librimix(source, split, sample_rate=sample_rate, num_spks=num_spks, **librimix_options)
-    if source.suffix.lower() in CSV_SUFFIXES:
-        return read_csv_manifest(source, num_spks)
-    if source.suffix.lower() in SCP_SUFFIXES:
-        return read_scp_manifest(source, num_spks)
-    if not source.exists():
+        examples = scan_librimix(source, split, sample_rate=sample_rate, num_spks=num_spks, **librimix_options)
+    elif source.suffix.lower() in CSV_SUFFIXES:
+        examples = read_csv_manifest(source, num_spks)
+    elif source.suffix.lower() in SCP_SUFFIXES:
+        examples = read_scp_manifest(source, num_spks)
+    elif not source.exists():
         raise ManifestError(f'{source}: no such manifest file or folder')
-    raise ManifestError(f'{source}: unknown manifest type; expected a .csv, a .scp list or a LibriMix folder')
+    else:
+        raise ManifestError(f'{source}: unknown manifest type; expected a .csv, a .scp list or a LibriMix folder')
+    table = Path(utt2spk) if utt2spk is not None else find_utt2spk(utt2spk_candidates(source, examples))
+    try:
+        if table is not None:
+            logger.info('speaker ids of %s from %s', source, table)
+        return assign_speakers(examples, read_utt2spk(table) if table is not None else None)
+    except SpeakerError as err:
+        raise ManifestError(str(err)) from None
 
 
 def write_csv_manifest(examples: Sequence[Example], path: PathLike, relative: bool = True) -> Path:
-    """Write examples as a ``mix_wav:FILE,s1_wav:FILE,...`` CSV (paths relative to it when possible)."""
+    """Write examples as a ``mix_wav:FILE,s1_wav:FILE,...`` CSV (paths relative to it when possible), with
+    ``s1_spk,...`` columns when every source has a speaker id."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     num = {e.num_spks for e in examples}
@@ -263,9 +321,12 @@ def write_csv_manifest(examples: Sequence[Example], path: PathLike, relative: bo
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator='\n')
-    writer.writerow(['id', MIX_COLUMN + FILE_SUFFIX] + [source_column(i) + FILE_SUFFIX for i in range(count)])
+    with_speakers = all(e.speakers is not None and None not in e.speakers for e in examples)
+    writer.writerow(['id', MIX_COLUMN + FILE_SUFFIX] + [source_column(i) + FILE_SUFFIX for i in range(count)] +
+                    ([speaker_column(i) for i in range(count)] if with_speakers else []))
     for example in examples:
-        writer.writerow([example.id, show(example.mix)] + [show(s) for s in example.sources])
+        writer.writerow([example.id, show(example.mix)] + [show(s) for s in example.sources] +
+                        (list(example.speakers) if with_speakers else []))
     path.write_text(buffer.getvalue(), encoding='utf-8')
     return path
 

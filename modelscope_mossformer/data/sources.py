@@ -87,7 +87,8 @@ def msdataset_from_csv(csv_path: PathLike, num_spks: int, sample_rate: int, spli
 
 
 def load_split(source: Union[PathLike, Any], split: str, num_spks: int = 2, sample_rate: Optional[int] = None,
-               namespace: Optional[str] = None, probe_timeout: float = 3.0) -> Dataset:
+               namespace: Optional[str] = None, probe_timeout: float = 3.0,
+               utt2spk: Optional[PathLike] = None) -> Dataset:
     """A dataset of full utterances for one split.
 
     Args:
@@ -99,6 +100,7 @@ def load_split(source: Union[PathLike, Any], split: str, num_spks: int = 2, samp
             own rate (and a LibriMix folder must then hold one ``wavNk`` folder).
         namespace: hub namespace for dataset names.
         probe_timeout: seconds to wait for the hub before giving up.
+        utt2spk: speaker ids of a local manifest's sources (else one found beside it, see `load_manifest`).
 
     Raises:
         HubUnavailableError: a hub name while the hub cannot be reached.
@@ -107,7 +109,8 @@ def load_split(source: Union[PathLike, Any], split: str, num_spks: int = 2, samp
         return source if hasattr(source, 'read_source') else RowDataset(source, num_spks)
     if is_local_source(source):
         return ManifestDataset(load_manifest(Path(os.path.expanduser(str(source))), split=split,
-                                             num_spks=num_spks, sample_rate=sample_rate), sample_rate)
+                                             num_spks=num_spks, sample_rate=sample_rate, utt2spk=utt2spk),
+                              sample_rate)
     name = str(source)
     if looks_like_path(name):
         raise ManifestError(f'{name}: no such file or folder (given as the {split} dataset; a ModelScope dataset '

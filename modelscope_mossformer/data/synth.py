@@ -19,7 +19,9 @@ separation model has voices to tell apart:
 A voice (`VoiceParams`) fixes F0 range, formant scale, speaking rate, breathiness,
 glottal open and speed quotients, spectral tilt, jitter and shimmer, so voices are
 distinct and stable.  `generate_demo_corpus` mixes utterances of distinct voices into a LibriMix
-"min" tree with CSV and scp manifests; train / validation / test use disjoint voices.
+"min" tree with CSV and scp manifests; train / validation / test use disjoint voices.  The CSVs name each
+source's voice (``s1_spk``, ``s2_spk``... columns) and so do the mixture ids (``tr0003_v02-v07``), which is
+where `speakers` finds them for the scp lists and the LibriMix tree.
 Everything follows from the seed: the same spec writes byte-identical files.
 
 Command line::
@@ -599,7 +601,8 @@ class DemoCorpus:
     Attributes:
         root: the output folder (absolute).
         spec: what was generated.
-        csv: split -> CSV manifest (``mix_wav:FILE,s1_wav:FILE,...``, paths relative to `root`).
+        csv: split -> CSV manifest (``mix_wav:FILE,s1_wav:FILE,...,s1_spk,...``, paths relative to `root`,
+            the voice of each source in the ``sN_spk`` columns).
         scp: split -> ClearerVoice scp list (``mix s1 s2 [s3]``, absolute paths).
         librimix_root: the ``wav8k/min`` (or ``wav16k/min``) folder of the LibriMix tree.
     """
@@ -684,7 +687,14 @@ def _write_float_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
 
 
 def _csv_header(num_spks: int) -> List[str]:
-    return ['mix_wav:FILE'] + [f's{i + 1}_wav:FILE' for i in range(num_spks)]
+    """Paths, then the voice of each source (``s1_spk``...: speaker ids for dynamic mixing)."""
+    return ['mix_wav:FILE'] + [f's{i + 1}_wav:FILE' for i in range(num_spks)] + \
+        [f's{i + 1}_spk' for i in range(num_spks)]
+
+
+def mixture_voices(mixture_id: str) -> List[str]:
+    """The voice of each source of a demo mixture, from its id: ``'tr0003_v02-v07'`` -> ``['v02', 'v07']``."""
+    return mixture_id.split('_', 1)[1].split('-')
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -697,15 +707,18 @@ def _write_manifests(corpus: DemoCorpus, split: str, rows: List[List[str]]) -> N
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator='\n')
     writer.writerow(_csv_header(corpus.spec.num_spks))
-    writer.writerows(rows)
+    writer.writerows(row + mixture_voices(Path(row[0]).stem) for row in rows)
     _write_text(corpus.csv[split], buffer.getvalue())
     _write_text(corpus.scp[split], ''.join(' '.join(str(corpus.root / path) for path in row) + '\n'
                                            for row in rows))
 
 
 def _read_csv_rows(path: Path) -> List[List[str]]:
+    """The path columns of a corpus CSV (one written before the ``sN_spk`` columns existed too)."""
     with open(path, encoding='utf-8', newline='') as handle:
-        return list(csv.reader(handle))[1:]
+        header, *rows = list(csv.reader(handle))
+    paths = [at for at, name in enumerate(header) if name.endswith(':FILE')]
+    return [[row[at] for at in paths] for row in rows]
 
 
 def _read_corpus_json(root: Path) -> Optional[Dict[str, Any]]:

@@ -82,7 +82,7 @@ def test_csv_scp_and_librimix_tree(corpus):
     for split in SPLITS:
         header, rows = csv_rows(corpus.csv[split])
         assert corpus.csv[split] == corpus.root / f'{split}.csv'
-        assert header == ['mix_wav:FILE', 's1_wav:FILE', 's2_wav:FILE']
+        assert header == ['mix_wav:FILE', 's1_wav:FILE', 's2_wav:FILE', 's1_spk', 's2_spk']
         assert len(rows) == spec.mixtures_in(split)
         scp_lines = corpus.scp[split].read_text().splitlines()
         assert len(scp_lines) == len(rows)
@@ -135,12 +135,13 @@ def test_mixture_is_exactly_the_sum_of_its_sources(tmp_path, sample_rate, num_sp
     assert demo.librimix_root == tmp_path.resolve() / f'wav{sample_rate // 1000}k' / 'min'
     for split in SPLITS:
         header, rows = csv_rows(demo.csv[split])
-        assert header == ['mix_wav:FILE'] + [f's{i + 1}_wav:FILE' for i in range(num_spks)]
+        assert header == ['mix_wav:FILE'] + [f's{i + 1}_wav:FILE' for i in range(num_spks)] + \
+            [f's{i + 1}_spk' for i in range(num_spks)]
         for row in rows:
             info = soundfile.info(str(demo.root / row[0]))
             assert (info.format, info.subtype, info.samplerate, info.channels) == ('WAV', 'FLOAT', sample_rate, 1)
             mixture = read(demo.root / row[0])
-            sources = [read(demo.root / path) for path in row[1:]]
+            sources = [read(demo.root / path) for path in row[1:1 + num_spks]]
             total = sources[0].copy()
             for source in sources[1:]:
                 total += source
@@ -421,7 +422,7 @@ def test_command_line(tmp_path, capsys):
     printed = capsys.readouterr().out
     root = tmp_path.resolve()
     assert str(root / 'train.csv') in printed and str(root / 'wav16k' / 'min') in printed
-    assert csv_rows(tmp_path / 'test.csv')[0][-1] == 's3_wav:FILE'
+    assert csv_rows(tmp_path / 'test.csv')[0][-4:] == ['s3_wav:FILE', 's1_spk', 's2_spk', 's3_spk']
     assert main(args + ['--seed', '3']) == 2
     assert 'different spec' in capsys.readouterr().err
     assert main(args + ['--seed', '3', '--overwrite']) == 0
