@@ -55,6 +55,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 _TINY = 1e-30  # keeps log10 finite for digital silence
+WHOLE_SIGNAL_BLOCK_SECONDS = 10.0  # `track_activity` feeds whole signals to the tracker in blocks of this length
 
 
 @dataclass(frozen=True)
@@ -531,8 +532,12 @@ def track_activity(outputs: Any, mix: Any, sample_rate: int, gate: bool = False,
     outputs = np.asarray(outputs, dtype=np.float32)
     if reference_db is None:
         reference_db = mixture_level(mix, sample_rate, settings)
+    mix = np.asarray(mix, dtype=np.float32).reshape(-1)
     tracker = ActivityTracker(outputs.shape[0], sample_rate, reference_db, gate=gate, settings=settings)
-    parts = [tracker.push(outputs, mix), tracker.finish()]
+    block = int(WHOLE_SIGNAL_BLOCK_SECONDS * sample_rate)  # blocks keep the temporaries small; same result
+    parts = [tracker.push(outputs[:, start:start + block], mix[start:start + block])
+             for start in range(0, max(outputs.shape[-1], 1), block)]
+    parts.append(tracker.finish())
     return np.concatenate(parts, axis=1), tracker.report()
 
 
