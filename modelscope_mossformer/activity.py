@@ -38,9 +38,12 @@ Checks, over the whole file:
   (0.8; r^2 >= 0.64: a scaled version of one explains at least 64 % of the
   other's energy) - the weaker one is reported as a copy of the stronger one;
 * *single talker*: an output whose normalised correlation with the mixture is at
-  least ``whole_mixture_correlation`` (0.95; it holds >= 90 % of the mixture's
-  energy) carries the whole mixture, so the other outputs carry (almost) nothing
-  of it: the input most likely has fewer talkers than the model's outputs.
+  least ``whole_mixture_correlation`` (0.95: r^2 >= 90 % of the mixture's energy
+  is a scaled version of it) and onto which the mixture projects with a
+  coefficient <x, m> / |m|^2 of at least ``whole_mixture_share`` (0.5: it holds at
+  least half the mixture's amplitude; a faint scaled copy does not count) carries
+  the whole mixture, so the other outputs carry (almost) nothing else: the input
+  most likely has fewer talkers than the model's outputs.
 
 Everything is computed streaming (`ActivityTracker.push` per block) with a delay of
 ``1 + hangover + window / 2`` frames, so memory does not grow with the length of
@@ -73,7 +76,8 @@ class ActivitySettings:
         fade_seconds: length of the gate's fades (at most half a frame).
         copy_correlation: |normalised correlation| from which an output is a copy of another.
         min_copy_seconds: outputs active together for less than this are not compared.
-        whole_mixture_correlation: |correlation with the mixture| from which an output holds all of it.
+        whole_mixture_correlation: |correlation with the mixture| from which an output holds all of it...
+        whole_mixture_share: ... if the mixture's projection coefficient onto it is at least this.
         silent_fraction: an output active for at most this share of the time is called nearly silent.
     """
 
@@ -88,6 +92,7 @@ class ActivitySettings:
     copy_correlation: float = 0.8
     min_copy_seconds: float = 0.5
     whole_mixture_correlation: float = 0.95
+    whole_mixture_share: float = 0.5
     silent_fraction: float = 0.02
 
     def __post_init__(self) -> None:
@@ -98,7 +103,7 @@ class ActivitySettings:
 
         for name in ('frame_seconds', 'window_seconds', 'relative_db', 'dynamic_range_db', 'floor_dbfs',
                      'reference_percentile', 'hangover_seconds', 'fade_seconds', 'copy_correlation',
-                     'min_copy_seconds', 'whole_mixture_correlation', 'silent_fraction'):
+                     'min_copy_seconds', 'whole_mixture_correlation', 'whole_mixture_share', 'silent_fraction'):
             check(name, True, 'a finite number')
         check('frame_seconds', 0 < self.frame_seconds <= 1.0, 'in (0, 1] s')
         check('window_seconds', self.window_seconds >= self.frame_seconds, 'at least frame_seconds')
@@ -111,6 +116,7 @@ class ActivitySettings:
         check('copy_correlation', 0 < self.copy_correlation <= 1, 'in (0, 1]')
         check('min_copy_seconds', self.min_copy_seconds >= 0, '>= 0 s')
         check('whole_mixture_correlation', 0 < self.whole_mixture_correlation <= 1, 'in (0, 1]')
+        check('whole_mixture_share', self.whole_mixture_share > 0, '> 0')
         check('silent_fraction', 0 <= self.silent_fraction < 1, 'in [0, 1)')
 
     def frame_samples(self, sample_rate: int) -> int:
@@ -471,7 +477,7 @@ class ActivityTracker:
         frame_seconds = self.frame / rate
         seconds = self.total_samples / rate
         end = seconds
-        segments = [[(start * frame_seconds, min(stop * frame_seconds, end)) for start, stop in spans]
+        segments = [[(float(start * frame_seconds), float(min(stop * frame_seconds, end))) for start, stop in spans]
                     for spans in self.segments]
         active = [float(n) / rate for n in self.active_samples]
         fraction = [a / seconds if seconds else 0.0 for a in active]
@@ -497,7 +503,10 @@ class ActivityTracker:
                     f'{self.pair_samples[index] / rate:.1f} s where both are active, {level:.1f} dB weaker): '
                     'the model leaked one voice into two outputs; the input may hold fewer talkers than outputs')
         single = None
-        holders = [c for c in range(self.num_outputs) if abs(mix_corr[c]) >= settings.whole_mixture_correlation]
+        share = [float(self.mix_dot[c] / self.mix_energy) if self.mix_energy > 0 else 0.0
+                 for c in range(self.num_outputs)]
+        holders = [c for c in range(self.num_outputs) if mix_corr[c] >= settings.whole_mixture_correlation
+                   and share[c] >= settings.whole_mixture_share]
         if self.num_outputs > 1 and holders:
             strongest = single = max(holders, key=lambda c: self.out_energy[c])
             others = ', '.join(f's{c + 1} active {100 * fraction[c]:.0f} % of the time'

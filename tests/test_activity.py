@@ -135,22 +135,28 @@ def test_two_talkers_with_a_long_single_talker_stretch():
 
 
 def test_gating_fades_instead_of_clicking():
-    """A steady output whose mixture stops: the gain falls along a 10 ms raised cosine, never in one jump."""
-    t = np.arange(2 * RATE) / RATE
-    output = (0.1 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+    """A steady output whose mixture starts at 1 s and stops at 2 s: the gain rises and falls along 10 ms
+    raised cosines, never in one jump, and is exactly 1 inside the active stretch, 0 outside the fades."""
+    t = np.arange(3 * RATE) / RATE
+    output = (0.1 * np.sin(2 * np.pi * 200 * t + 0.3)).astype(np.float32)
     mix = output.copy()
-    mix[RATE:] = 0.0  # from 1 s on the mixture is silent: the output cannot be a talker there
+    mix[:RATE] = mix[2 * RATE:] = 0.0  # where the mixture is silent the output cannot be a talker
     gated, report = track_activity(output[None], mix, RATE, gate=True)
     (start, end), = report.segments[0]
-    assert start == 0.0 and 1.0 < end <= 1.0 + REACH + SETTINGS.frame_seconds
-    cut = int(round(end * RATE))
+    assert 1.0 - REACH - SETTINGS.frame_seconds <= start < 1.0 and 2.0 < end <= 2.0 + REACH + SETTINGS.frame_seconds
+    # the hangover at least: onsets and decays are kept whole
+    assert start <= 1.0 - SETTINGS.hangover_seconds and end >= 2.0 + SETTINGS.hangover_seconds
+    begin, cut = int(round(start * RATE)), int(round(end * RATE))
     fade = int(SETTINGS.fade_seconds * RATE)
-    gain = gated[0][cut:cut + fade] / output[cut:cut + fade]
-    assert np.all(np.diff(gain) < 0) and 0 < gain[-1] < gain[0] < 1
+    rise = gated[0][begin - fade:begin] / output[begin - fade:begin]
+    fall = gated[0][cut:cut + fade] / output[cut:cut + fade]
+    assert np.all(np.diff(rise) > 0) and 0 < rise[0] < rise[-1] < 1
+    assert np.all(np.diff(fall) < 0) and 0 < fall[-1] < fall[0] < 1
     # steepest step of a raised cosine over `fade` samples: sin(pi / (2 fade)) ~ pi / (2 fade)
-    assert np.abs(np.diff(np.concatenate(([1.0], gain, [0.0])))).max() <= np.pi / (2 * fade) * 1.01
-    np.testing.assert_array_equal(gated[0][:cut], output[:cut])
-    assert not gated[0][cut + fade:].any()
+    for ramp in (np.concatenate(([0.0], rise, [1.0])), np.concatenate(([1.0], fall, [0.0]))):
+        assert np.abs(np.diff(ramp)).max() <= np.pi / (2 * fade) * 1.01
+    np.testing.assert_array_equal(gated[0][begin:cut], output[begin:cut])
+    assert not gated[0][:begin - fade].any() and not gated[0][cut + fade:].any()
 
 
 @pytest.mark.parametrize('gate', [False, True])
@@ -177,6 +183,20 @@ def test_streaming_gives_the_whole_signal_result(gate):
     assert held <= (2 * tracker.delay_frames + 2) * FRAME + int(0.4 * RATE)
     if not gate:
         np.testing.assert_array_equal(whole, outputs)
+
+
+def test_three_outputs_two_talkers():
+    """A 3-speaker model on two talkers: the third output (a -30 dB leak of both) is inactive and gated."""
+    from modelscope_mossformer.activity import activity_row
+
+    first, second = voice(0, 3.0, seed=5), voice(1, 3.0, seed=6)
+    outputs = np.stack([first, second, 10 ** (-30 / 20) * (first + second)])
+    gated, report = track_activity(outputs, first + second, RATE, gate=True)
+    assert report.active_fraction[2] == 0.0 and not gated[2].any()
+    assert min(report.active_fraction[:2]) > 0.9 and report.copies == [] and report.single_talker is None
+    assert activity_row(report) == {'s1_active': round(report.active_fraction[0], 4),
+                                    's2_active': round(report.active_fraction[1], 4), 's3_active': 0.0,
+                                    'copy_of': '', 'single_talker': ''}
 
 
 def test_mixture_level_is_a_percentile_of_frame_levels_above_the_floor():
