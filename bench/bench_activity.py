@@ -51,8 +51,10 @@ def demo_model(work: Path) -> Path:
     """The quickstart's trained model dir under `work` (trained now when missing)."""
     best = work / 'train_dir' / 'best_model'
     if not (best / 'configuration.json').is_file():
+        from modelscope_mossformer.cli import set_speechbrain_level
         from modelscope_mossformer.quickstart import run
 
+        set_speechbrain_level(logging.WARNING)
         print(f'training the demo model into {work} (about 3 minutes on 2 cores)...', flush=True)
         run(work, progress=False)
     return best

@@ -43,10 +43,10 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 import torch
 
-from .data.audio import (RESAMPLE_QUALITY, AudioError, _as_frames, _check_rates, _flush_padding, _to_tensor,
-                         audio_info, read_audio, resampled_length, sample_problem)
 from .activity import (DEFAULT_SETTINGS, ActivityReport, ActivitySettings, ActivityTracker, MixtureLevel,
                        activity_columns, activity_row)
+from .data.audio import (RESAMPLE_QUALITY, AudioError, _as_frames, _check_rates, _flush_padding, _to_tensor,
+                         audio_info, read_audio, resampled_length, sample_problem)
 from .data.manifest import AUDIO_SUFFIXES, LIST_SUFFIXES, MIX_COLUMN, ManifestError, load_manifest
 from .inference import OUTPUT_PEAK, SILENCE_PEAK, SeparationEngine, level_gain, overlapping_chunks
 
@@ -435,8 +435,8 @@ def _progress_bar(enabled: bool, seconds: float, name: str):
 
 
 def separate_file(engine_or_pipeline: Any, in_path: PathLike, out_dir: PathLike, name: Optional[str] = None,
-                  subtype: str = 'PCM_16', progress: bool = False, gate_inactive: bool = False,
-                  activity: ActivitySettings = DEFAULT_SETTINGS) -> FileResult:
+                  subtype: str = 'PCM_16', progress: bool = False, gate_inactive: Optional[bool] = None,
+                  activity: Optional[ActivitySettings] = None) -> FileResult:
     """Separate one file into ``out_dir/<name>_s1.wav`` ... at the file's sample rate.
 
     Each output's activity is tracked on the final (level-matched) outputs against the
@@ -451,8 +451,9 @@ def separate_file(engine_or_pipeline: Any, in_path: PathLike, out_dir: PathLike,
         name: output base name; the input's stem when None.
         subtype: output sample format, 'PCM_16', 'PCM_24' or 'FLOAT'.
         progress: show a progress bar over the audio.
-        gate_inactive: set each output to silence (with 10 ms fades) where it is inactive.
-        activity: the activity rule's constants.
+        gate_inactive: set each output to silence (with 10 ms fades) where it is inactive; None: as
+            the pipeline given was built (`gate_inactive=`), else False.
+        activity: the activity rule's constants; None: the pipeline's, else the defaults.
 
     Returns:
         What was written and noticed.
@@ -465,6 +466,7 @@ def separate_file(engine_or_pipeline: Any, in_path: PathLike, out_dir: PathLike,
     if subtype not in OUTPUT_SUBTYPES:
         raise ValueError(f'subtype must be one of {OUTPUT_SUBTYPES}, got {subtype!r}')
     engine = engine_of(engine_or_pipeline)
+    gate_inactive, activity = _activity_options(engine_or_pipeline, gate_inactive, activity)
     in_path = Path(in_path)
     name = name or in_path.stem
     started = time.perf_counter()
@@ -509,6 +511,18 @@ def separate_file(engine_or_pipeline: Any, in_path: PathLike, out_dir: PathLike,
     logger.info('%s: %.1f s separated into %d file(s) in %.1f s (RTF %.3f)', in_path, result.seconds,
                 len(result.outputs), result.elapsed, result.rtf)
     return result
+
+
+def _activity_options(engine_or_pipeline: Any, gate_inactive: Optional[bool],
+                      activity: Optional[ActivitySettings]) -> Tuple[bool, ActivitySettings]:
+    """The gate and the activity constants: as given, else as the pipeline was built, else the defaults."""
+    if gate_inactive is None:
+        gate_inactive = bool(getattr(engine_or_pipeline, 'gate_inactive', False))
+    if activity is None:
+        activity = getattr(engine_or_pipeline, 'activity_settings', None) or DEFAULT_SETTINGS
+    if not isinstance(activity, ActivitySettings):
+        raise TypeError(f'activity must be an ActivitySettings, got {type(activity).__name__}')
+    return gate_inactive, activity
 
 
 def _separate_stream(engine: SeparationEngine, path: Path, scan: AudioScan, out: _OutputSet, block_frames: int,
@@ -729,8 +743,8 @@ def report_fields(num_spks: int) -> Tuple[str, ...]:
 
 def separate_many(engine_or_pipeline: Any, inputs: Sequence[PathLike], out_dir: PathLike,
                   split: Optional[str] = None, subtype: str = 'PCM_16', progress: bool = True,
-                  score: bool = True, gate_inactive: bool = False,
-                  activity: ActivitySettings = DEFAULT_SETTINGS) -> BatchSummary:
+                  score: bool = True, gate_inactive: Optional[bool] = None,
+                  activity: Optional[ActivitySettings] = None) -> BatchSummary:
     """Separate many files; score them when references are listed; never stop at a bad file.
 
     Args:
@@ -742,7 +756,7 @@ def separate_many(engine_or_pipeline: Any, inputs: Sequence[PathLike], out_dir: 
         progress: show progress bars (files; audio of long files).
         score: compute metrics where references exist.
         gate_inactive: set each output to silence where it is inactive (see `separate_file`).
-        activity: the activity rule's constants.
+        activity: the activity rule's constants (see `separate_file`).
 
     Returns:
         Counts, mean metrics and failures.
@@ -764,7 +778,7 @@ def separate_many(engine_or_pipeline: Any, inputs: Sequence[PathLike], out_dir: 
         row: Dict[str, Any] = {'id': job.name, 'mix': str(job.mix)}
         try:
             long_file = progress and _duration(job.mix) > LONG_FILE_SECONDS
-            result = separate_file(engine, job.mix, job.out_dir, name=job.name, subtype=subtype,
+            result = separate_file(engine_or_pipeline, job.mix, job.out_dir, name=job.name, subtype=subtype,
                                    progress=long_file, gate_inactive=gate_inactive, activity=activity)
             row.update(status='ok', seconds=round(result.seconds, 3), rtf=round(result.rtf, 4),
                        outputs=' '.join(str(p) for p in result.outputs), message='; '.join(result.warnings))

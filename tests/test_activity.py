@@ -17,7 +17,6 @@ from modelscope_mossformer.cli import main
 from modelscope_mossformer.data.synth import make_voices, synthesize_utterance
 from modelscope_mossformer.inference import SeparationEngine, match_mixture_level
 from modelscope_mossformer.metainfo import Models
-from modelscope_mossformer.metrics import si_snr
 from modelscope_mossformer.model import MossFormerSeparation
 
 from .conftest import tiny_mossformer
@@ -118,7 +117,8 @@ def test_two_talkers_with_a_long_single_talker_stretch():
     leak = 10 ** (-25 / 20)
     outputs = np.stack([first + leak * second, second + leak * first])
     gated, report = track_activity(outputs, mix, RATE, gate=True)
-    pause = slice(int((2.0 + REACH + SETTINGS.frame_seconds) * RATE), int((4.0 - REACH - SETTINGS.frame_seconds) * RATE))
+    margin = REACH + SETTINGS.frame_seconds
+    pause = slice(int((2.0 + margin) * RATE), int((4.0 - margin) * RATE))
     assert not gated[1][pause].any()
     assert not any(inside(report.segments[1], t) for t in np.arange(2.0 + REACH + 0.02, 4.0 - REACH - 0.02, 0.01))
     assert inside(report.segments[1], 1.9) and inside(report.segments[1], 4.1)
@@ -384,3 +384,6 @@ def test_the_pipeline_returns_activity_and_gates_on_request(model_dir, voice_the
     always = pipeline(Tasks.speech_separation, model=str(model_dir), gate_inactive=True)
     np.testing.assert_array_equal(always(str(path))['waveforms'], waves)
     np.testing.assert_array_equal(always(str(path), gate_inactive=False)['waveforms'], expected)
+    # ... and so does `separate_file` given that pipeline
+    assert separate_file(always, path, path.parent / 'always', subtype='FLOAT').activity.gated
+    assert not separate_file(always, path, path.parent / 'never', gate_inactive=False).activity.gated
