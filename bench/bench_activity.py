@@ -4,7 +4,7 @@ Two kinds of separated outputs are measured on mixtures of the demo corpus's hel
 (8 kHz, 6 s):
 
 * ``model``: a model that separates: by default the quickstart's small MossFormer (94 k parameters,
-  12 epochs on the demo corpus, ~3 minutes on 2 CPU cores; trained into ``--work`` unless it is
+  12 epochs on the demo corpus, ~4 minutes on 1 thread; trained into ``--work`` unless it is
   already there), or any model dir given with ``--model``; run through the ModelScope pipeline;
 * ``oracle+leak L dB``: the true sources, each leaking the other source at L dB (a talker absent
   from the mixture leaks the present one), level-matched to the mixture like the pipeline's output:
@@ -55,7 +55,7 @@ def demo_model(work: Path) -> Path:
         from modelscope_mossformer.quickstart import run
 
         set_speechbrain_level(logging.WARNING)
-        print(f'training the demo model into {work} (about 3 minutes on 2 cores)...', flush=True)
+        print(f'training the demo model into {work} (about 4 minutes on 1 thread)...', flush=True)
         run(work, progress=False)
     return best
 
