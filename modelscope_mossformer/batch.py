@@ -13,7 +13,10 @@
    `inference.match_mixture_level` would apply to the whole output (least-squares
    fit of the estimates' sum to the mixture, lowered if a peak would exceed
    0.999); a last pass applies it block by block and writes ``<name>_s1.wav``,
-   ``<name>_s2.wav``, ... (renamed into place only when complete).
+   ``<name>_s2.wav``, ... (renamed into place only when complete).  The same pass
+   reads the input again and tracks each output's activity against it
+   (`activity.ActivityTracker`: active time, copies, a single talker) and, with
+   ``gate_inactive``, sets each output to silence where it is inactive.
 
 Memory depends on the chunk length, never on the file length.  Without chunking
 (`chunk_seconds=None`) the whole file is separated at once, as papers evaluate.
@@ -40,6 +43,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 import torch
 
+from .activity import (DEFAULT_SETTINGS, ActivityReport, ActivitySettings, ActivityTracker, MixtureLevel,
+                       activity_columns, activity_row)
 from .data.audio import (RESAMPLE_QUALITY, AudioError, _as_frames, _check_rates, _flush_padding, _to_tensor,
                          audio_info, read_audio, resampled_length, sample_problem)
 from .data.manifest import AUDIO_SUFFIXES, LIST_SUFFIXES, MIX_COLUMN, ManifestError, load_manifest
@@ -269,6 +274,7 @@ class FileResult:
         silent: the input was digital silence (outputs are silent, the model did not run).
         gain: the level factor applied to the model output.
         warnings: what was noticed about the input.
+        activity: per-output activity, copies, single-talker check (see `activity`).
     """
 
     name: str
@@ -281,6 +287,7 @@ class FileResult:
     silent: bool = False
     gain: float = 1.0
     warnings: List[str] = field(default_factory=list)
+    activity: Optional[ActivityReport] = None
 
     @property
     def rtf(self) -> float:
@@ -353,6 +360,47 @@ class _OutputSet:
             finals.append(self.final_path(index))
         return finals
 
+    def finalise_tracked(self, factor: float, block_frames: int, mixture: Iterable[torch.Tensor],
+                         tracker: ActivityTracker) -> List[Path]:
+        """`finalise`, with every scaled block passed through `tracker` (activity; gating when it gates).
+
+        `mixture` yields the input's mono samples at the output rate, as long as the outputs in total.
+        """
+        import soundfile
+
+        self.close()
+        sources = [soundfile.SoundFile(str(self.partial_path(i))) for i in range(self.count)]
+        targets = [soundfile.SoundFile(str(self.scaled_path(i)), 'w', samplerate=self.sample_rate, channels=1,
+                                       subtype=self.subtype, format='WAV') for i in range(self.count)]
+        mix = _Fifo()
+        mix_blocks = iter(mixture)
+
+        def write(block: np.ndarray) -> None:
+            for target, samples in zip(targets, block):
+                target.write(samples)
+
+        try:
+            while True:
+                blocks = [source.read(block_frames, dtype='float32') for source in sources]
+                if not len(blocks[0]):
+                    break
+                while sum(p.shape[-1] for p in mix.parts) < len(blocks[0]):
+                    more = next(mix_blocks, None)
+                    if more is None:
+                        raise RuntimeError(f'{self.name}: the mixture ended before the separated outputs')
+                    mix.push(more)
+                write(tracker.push(np.stack(blocks) * np.float32(factor), mix.pop(len(blocks[0])).numpy()))
+            write(tracker.finish())
+        finally:
+            for handle in sources + targets:
+                handle.close()
+        finals = []
+        for index in range(self.count):
+            os.replace(self.scaled_path(index), self.final_path(index))
+            self.partial_path(index).unlink()
+            finals.append(self.final_path(index))
+        return finals
+
     @property
     def count(self) -> int:
         return len(self.handles)
@@ -387,8 +435,13 @@ def _progress_bar(enabled: bool, seconds: float, name: str):
 
 
 def separate_file(engine_or_pipeline: Any, in_path: PathLike, out_dir: PathLike, name: Optional[str] = None,
-                  subtype: str = 'PCM_16', progress: bool = False) -> FileResult:
+                  subtype: str = 'PCM_16', progress: bool = False, gate_inactive: Optional[bool] = None,
+                  activity: Optional[ActivitySettings] = None) -> FileResult:
     """Separate one file into ``out_dir/<name>_s1.wav`` ... at the file's sample rate.
+
+    Each output's activity is tracked on the final (level-matched) outputs against the
+    input, in the same streaming pass that writes them (`activity.ActivityTracker`); the
+    result holds it, and its warnings (copies, a single talker) are logged.
 
     Args:
         engine_or_pipeline: a `SeparationEngine` or the registered pipeline; its
@@ -398,6 +451,9 @@ def separate_file(engine_or_pipeline: Any, in_path: PathLike, out_dir: PathLike,
         name: output base name; the input's stem when None.
         subtype: output sample format, 'PCM_16', 'PCM_24' or 'FLOAT'.
         progress: show a progress bar over the audio.
+        gate_inactive: set each output to silence (with 10 ms fades) where it is inactive; None: as
+            the pipeline given was built (`gate_inactive=`), else False.
+        activity: the activity rule's constants; None: the pipeline's, else the defaults.
 
     Returns:
         What was written and noticed.
@@ -410,6 +466,7 @@ def separate_file(engine_or_pipeline: Any, in_path: PathLike, out_dir: PathLike,
     if subtype not in OUTPUT_SUBTYPES:
         raise ValueError(f'subtype must be one of {OUTPUT_SUBTYPES}, got {subtype!r}')
     engine = engine_of(engine_or_pipeline)
+    gate_inactive, activity = _activity_options(engine_or_pipeline, gate_inactive, activity)
     in_path = Path(in_path)
     name = name or in_path.stem
     started = time.perf_counter()
@@ -424,6 +481,8 @@ def separate_file(engine_or_pipeline: Any, in_path: PathLike, out_dir: PathLike,
             logger.warning('%s: the input is silent (peak %.1e); writing silent outputs', in_path, scan.peak)
             result.outputs = _write_silence(out, engine.num_spks, scan.frames, block_frames)
             result.gain = 0.0
+            result.activity = ActivityReport.silent(engine.num_spks, scan.sample_rate, scan.frames, activity)
+            result.activity.gated = gate_inactive
         else:
             if scan.clipped:
                 share = scan.clipped / (scan.frames * scan.channels)
@@ -431,13 +490,20 @@ def separate_file(engine_or_pipeline: Any, in_path: PathLike, out_dir: PathLike,
                 logger.warning('%s: %d sample(s) (%.3f%%) at or above %.3f full scale: the input looks clipped; '
                                'separating it anyway', in_path, scan.clipped, 100 * share, CLIP_LEVEL)
             bar = _progress_bar(progress, scan.seconds, name)
+            level = MixtureLevel(engine.sample_rate, activity)
             try:
-                factor = _separate_stream(engine, in_path, scan, out, block_frames, bar)
+                factor = _separate_stream(engine, in_path, scan, out, block_frames, bar, level)
             finally:
                 if bar is not None:
                     bar.close()
             result.gain = factor
-            result.outputs = out.finalise(factor, block_frames)
+            tracker = ActivityTracker(out.count, scan.sample_rate, level.finish(), gate=gate_inactive,
+                                      settings=activity)
+            result.outputs = out.finalise_tracked(factor, block_frames, _mono_blocks(in_path, block_frames), tracker)
+            result.activity = tracker.report()
+            for warning in result.activity.warnings:
+                result.warnings.append(warning)
+                logger.warning('%s: %s', in_path, warning)
     except BaseException:
         out.discard()
         raise
@@ -447,9 +513,24 @@ def separate_file(engine_or_pipeline: Any, in_path: PathLike, out_dir: PathLike,
     return result
 
 
+def _activity_options(engine_or_pipeline: Any, gate_inactive: Optional[bool],
+                      activity: Optional[ActivitySettings]) -> Tuple[bool, ActivitySettings]:
+    """The gate and the activity constants: as given, else as the pipeline was built, else the defaults."""
+    if gate_inactive is None:
+        gate_inactive = bool(getattr(engine_or_pipeline, 'gate_inactive', False))
+    if activity is None:
+        activity = getattr(engine_or_pipeline, 'activity_settings', None) or DEFAULT_SETTINGS
+    if not isinstance(activity, ActivitySettings):
+        raise TypeError(f'activity must be an ActivitySettings, got {type(activity).__name__}')
+    return gate_inactive, activity
+
+
 def _separate_stream(engine: SeparationEngine, path: Path, scan: AudioScan, out: _OutputSet, block_frames: int,
-                     bar: Any) -> float:
-    """Separate `path` into `out`'s temporary files; returns the level factor to apply."""
+                     bar: Any, level: Optional[MixtureLevel] = None) -> float:
+    """Separate `path` into `out`'s temporary files; returns the level factor to apply.
+
+    `level`, when given, receives the mixture at the model rate (its speech level, for the activity rule).
+    """
     model_rate = engine.sample_rate
     mixture = _resampled(_mono_blocks(path, block_frames), StreamResampler(scan.sample_rate, model_rate))
     pending = _Fifo()
@@ -479,6 +560,8 @@ def _separate_stream(engine: SeparationEngine, path: Path, scan: AudioScan, out:
                                    '(check the model weights, or try --precision fp32)')
         done += estimates.shape[-1]
         mix = pending.pop(estimates.shape[-1])
+        if level is not None:
+            level.push(mix)
         total = estimates.sum(0).double()
         dot += float((total * mix.double()).sum())
         energy += float(total.pow(2).sum())
@@ -651,9 +734,17 @@ class BatchSummary:
 REPORT_FIELDS = ('id', 'mix', 'status', 'seconds', 'rtf') + METRIC_KEYS + ('outputs', 'message')
 
 
+def report_fields(num_spks: int) -> Tuple[str, ...]:
+    """`REPORT_FIELDS` with the activity columns (``s1_active`` ..., ``copy_of``, ``single_talker``) before
+    ``outputs``."""
+    at = REPORT_FIELDS.index('outputs')
+    return REPORT_FIELDS[:at] + tuple(activity_columns(num_spks)) + REPORT_FIELDS[at:]
+
+
 def separate_many(engine_or_pipeline: Any, inputs: Sequence[PathLike], out_dir: PathLike,
                   split: Optional[str] = None, subtype: str = 'PCM_16', progress: bool = True,
-                  score: bool = True) -> BatchSummary:
+                  score: bool = True, gate_inactive: Optional[bool] = None,
+                  activity: Optional[ActivitySettings] = None) -> BatchSummary:
     """Separate many files; score them when references are listed; never stop at a bad file.
 
     Args:
@@ -664,6 +755,8 @@ def separate_many(engine_or_pipeline: Any, inputs: Sequence[PathLike], out_dir: 
         subtype: output sample format.
         progress: show progress bars (files; audio of long files).
         score: compute metrics where references exist.
+        gate_inactive: set each output to silence where it is inactive (see `separate_file`).
+        activity: the activity rule's constants (see `separate_file`).
 
     Returns:
         Counts, mean metrics and failures.
@@ -685,10 +778,12 @@ def separate_many(engine_or_pipeline: Any, inputs: Sequence[PathLike], out_dir: 
         row: Dict[str, Any] = {'id': job.name, 'mix': str(job.mix)}
         try:
             long_file = progress and _duration(job.mix) > LONG_FILE_SECONDS
-            result = separate_file(engine, job.mix, job.out_dir, name=job.name, subtype=subtype,
-                                   progress=long_file)
+            result = separate_file(engine_or_pipeline, job.mix, job.out_dir, name=job.name, subtype=subtype,
+                                   progress=long_file, gate_inactive=gate_inactive, activity=activity)
             row.update(status='ok', seconds=round(result.seconds, 3), rtf=round(result.rtf, 4),
                        outputs=' '.join(str(p) for p in result.outputs), message='; '.join(result.warnings))
+            if result.activity is not None:
+                row.update(activity_row(result.activity))
             if score and job.references is not None:
                 row.update({k: round(v, 4) for k, v in score_outputs(result, job.references).items()})
         except Exception as err:  # noqa: BLE001 - one bad file must not stop the batch
@@ -703,7 +798,7 @@ def separate_many(engine_or_pipeline: Any, inputs: Sequence[PathLike], out_dir: 
             bar.set_postfix(failed=len(failures), si_snri=f'{np.mean([r["si-snri"] for r in scored]):.2f}')
         elif failures:
             bar.set_postfix(failed=len(failures))
-    return _write_reports(rows, failures, out_dir)
+    return _write_reports(rows, failures, out_dir, report_fields(engine.num_spks))
 
 
 def _failure_message(job: Job, err: Exception) -> str:
@@ -724,13 +819,14 @@ def _duration(path: Path) -> float:
     return frames / rate
 
 
-def _write_reports(rows: List[Dict[str, Any]], failures: List[Tuple[str, str]], out_dir: Path) -> BatchSummary:
+def _write_reports(rows: List[Dict[str, Any]], failures: List[Tuple[str, str]], out_dir: Path,
+                   fields: Sequence[str] = REPORT_FIELDS) -> BatchSummary:
     scored = [r for r in rows if 'si-snri' in r]
     means = {k: float(np.mean([r[k] for r in scored])) for k in METRIC_KEYS} if scored else {}
     ok = sum(r['status'] == 'ok' for r in rows)
     report = out_dir / 'report.csv'
     with open(report, 'w', newline='') as handle:
-        writer = csv.DictWriter(handle, fieldnames=REPORT_FIELDS)
+        writer = csv.DictWriter(handle, fieldnames=list(fields))
         writer.writeheader()
         writer.writerows(rows)
         if scored:

@@ -59,11 +59,19 @@ long recordings:
   length only, so hour-long files work on a laptop.  --chunk-seconds 0 separates
   each file at once (needs memory in proportion to its length).
 
+fewer talkers than outputs:
+  report.csv gives each output's active share of the time (s1_active, s2_active ...),
+  copy_of (e.g. "s2=s1": s2 is essentially a copy of s1) and single_talker (the
+  output that holds the whole mixture); both are also logged as warnings.
+  --gate-inactive sets each output to silence where it carries no talker of its own
+  (leaked voice, model noise), with 10 ms fades; outputs are unchanged without it.
+
 a bad file (missing, unreadable, empty, NaN samples) is reported and skipped;
 the exit status is then 1.
 
 examples:
   mossformer separate call.wav --model models/mossformer2_8k --out out/
+  mossformer separate monologue.wav --model models/mossformer2_8k --out out/ --gate-inactive
   mossformer separate recordings/ --model models/mossformer2_8k --out out/ --device cuda --precision bf16
   mossformer separate lecture.flac --model models/mossformer_8k --out out/ --chunk-seconds 16 --overlap-seconds 2
 """
@@ -146,6 +154,10 @@ def _add_separation_options(parser: argparse.ArgumentParser, chunk_default: floa
                        help='fp32, or bf16/fp16 autocast (fp16 on CUDA only) (default: fp32)')
     group.add_argument('--subtype', choices=('PCM_16', 'PCM_24', 'FLOAT'), default='PCM_16',
                        help='sample format of the written files (default: PCM_16)')
+    group.add_argument('--gate-inactive', action='store_true',
+                       help='silence each output where it is inactive (leakage, model noise), with 10 ms fades')
+    group.add_argument('--activity-relative-db', type=float, default=None, metavar='DB',
+                       help='an output this far below the mixture (over 0.2 s) is inactive (default: -15)')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -344,6 +356,18 @@ def _build_engine(args: argparse.Namespace):
                             chunk_seconds=chunk, overlap_seconds=args.overlap_seconds)
 
 
+def _activity_settings(args: argparse.Namespace):
+    """The activity rule's constants from --activity-relative-db."""
+    from .activity import DEFAULT_SETTINGS, ActivitySettings
+
+    if args.activity_relative_db is None:
+        return DEFAULT_SETTINGS
+    try:
+        return ActivitySettings(relative_db=args.activity_relative_db)
+    except ValueError as err:
+        raise UsageError(f'--activity-relative-db {args.activity_relative_db:g}: {err}') from None
+
+
 def _print_summary(summary: Any, out_dir: str) -> None:
     print(f'{summary.ok}/{summary.total} file(s) separated into {out_dir}')
     if summary.means:
@@ -365,11 +389,12 @@ def _run_separation(args: argparse.Namespace, inputs: List[str], split: Optional
     from .data.manifest import ManifestError
 
     separator = _build_engine(args)
+    activity = _activity_settings(args)
     progress = not args.no_progress
     with _progress_friendly_logging(progress):
         try:
             summary = separate_many(separator, inputs, args.out, split=split, subtype=args.subtype,
-                                    progress=progress)
+                                    progress=progress, gate_inactive=args.gate_inactive, activity=activity)
         except ManifestError as err:
             raise UsageError(str(err)) from err
     _print_summary(summary, args.out)

@@ -7,8 +7,11 @@ tuple.  Multi-channel input is averaged to mono; any rate is resampled to the
 model's and the outputs back to the input's.
 
 Outputs: ``output_pcm_list`` (int16 PCM bytes per speaker, ModelScope's key),
-``waveforms`` (float32 [C, T] at the input rate) and ``sample_rate``.  Levels
-follow the mixture (see `inference.match_mixture_level`).
+``waveforms`` (float32 [C, T] at the input rate), ``sample_rate`` and
+``activity`` (per-output active time and segments, copies, single-talker check:
+`activity.ActivityReport.to_dict`).  Levels follow the mixture (see
+`inference.match_mixture_level`).  ``gate_inactive=True`` (when building the
+pipeline or per call) sets each output to silence where it is inactive.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from modelscope.outputs import OutputKeys
 from modelscope.pipelines import Pipeline
 from modelscope.pipelines.builder import PIPELINES
 
+from .activity import DEFAULT_SETTINGS, ActivitySettings, mixture_level, track_activity
 from .data.audio import AudioError, read_audio, resample, sample_problem, to_mono
 from .inference import SILENCE_PEAK, SeparationEngine, match_mixture_level
 from .metainfo import MODEL_TYPES, TASK
@@ -97,11 +101,18 @@ class MossFormerSeparationPipeline(Pipeline):
         chunk_seconds: chunk length for long inputs (None: whole input at once).
         overlap_seconds: overlap between chunks.
         precision: 'fp32', 'bf16' or 'fp16'.
+        gate_inactive: default for each call's ``gate_inactive``: silence outputs where they are inactive.
+        activity_settings: the activity rule's constants (`activity.ActivitySettings`).
         device: 'cpu', 'cuda', 'gpu'... (ModelScope's device names).
     """
 
     def __init__(self, model: Any, chunk_seconds: Optional[float] = 8.0, overlap_seconds: float = 1.0,
-                 precision: str = 'fp32', **kwargs: Any) -> None:
+                 precision: str = 'fp32', gate_inactive: bool = False,
+                 activity_settings: ActivitySettings = DEFAULT_SETTINGS, **kwargs: Any) -> None:
+        if not isinstance(activity_settings, ActivitySettings):
+            raise TypeError(f'activity_settings must be an ActivitySettings, got {type(activity_settings).__name__}')
+        self.gate_inactive = bool(gate_inactive)
+        self.activity_settings = activity_settings
         super().__init__(model=model, **kwargs)
         self.model = ensure_ours(self.model, getattr(self.model, 'model_dir', None) or str(model))
         if self.model.weights_source is None:
@@ -118,7 +129,7 @@ class MossFormerSeparationPipeline(Pipeline):
         wave, rate = _decode(inputs, sample_rate, self.model.sample_rate)
         source = str(inputs) if isinstance(inputs, (str, os.PathLike)) else f'<{type(inputs).__name__} input>'
         return {'mix': resample(wave, rate, self.model.sample_rate), 'input_rate': rate,
-                'input_length': wave.shape[-1], 'source': source}
+                'input_length': wave.shape[-1], 'source': source, 'input_mix': wave}
 
     def forward(self, inputs: Dict[str, Any], **forward_params: Any) -> Dict[str, Any]:
         mix = inputs['mix']
@@ -138,13 +149,24 @@ class MossFormerSeparationPipeline(Pipeline):
         rate = inputs['input_rate']
         waves = resample(inputs['estimates'], self.model.sample_rate, rate)[..., :inputs['input_length']]
         waves = waves.numpy().astype(np.float32)
-        return {OutputKeys.OUTPUT_PCM_LIST: [to_pcm16(w) for w in waves], 'waveforms': waves, 'sample_rate': rate}
+        result = {'sample_rate': rate}
+        if 'input_mix' in inputs:  # activity of the outputs against the input (see `activity`)
+            gate = bool(post_params.get('gate_inactive', self.gate_inactive))
+            settings = self.activity_settings
+            waves, report = track_activity(waves, inputs['input_mix'], rate, gate=gate, settings=settings,
+                                           reference_db=mixture_level(inputs['mix'], self.model.sample_rate,
+                                                                      settings))
+            for warning in report.warnings:
+                logger.warning('%s: %s', inputs.get('source', '<input>'), warning)
+            result['activity'] = report.to_dict()
+        return {OutputKeys.OUTPUT_PCM_LIST: [to_pcm16(w) for w in waves], 'waveforms': waves, **result}
 
     def __call__(self, inputs: Any, *args: Any, **kwargs: Any) -> Dict[str, Any]:
         sample_rate = kwargs.pop('sample_rate', None)
+        gate = kwargs.pop('gate_inactive', self.gate_inactive)
         if args and sample_rate is None and isinstance(args[0], int):
             sample_rate = args[0]
-        return self.postprocess(self.forward(self.preprocess(inputs, sample_rate=sample_rate)))
+        return self.postprocess(self.forward(self.preprocess(inputs, sample_rate=sample_rate)), gate_inactive=gate)
 
 
 for _name in MODEL_TYPES:

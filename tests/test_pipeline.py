@@ -73,7 +73,7 @@ def test_every_model_type_separates_a_file(model_dirs, tmp_path, family, rate, s
     mix = speech_like(0.5, rate)
     out = separate(str(write_wav(tmp_path / 'mix.wav', mix, rate)))
 
-    assert set(out) == {OutputKeys.OUTPUT_PCM_LIST, 'waveforms', 'sample_rate'}
+    assert set(out) == {OutputKeys.OUTPUT_PCM_LIST, 'waveforms', 'sample_rate', 'activity'}
     waves = out['waveforms']
     assert waves.dtype == np.float32 and waves.shape == (spks, mix.size)
     assert out['sample_rate'] == rate
