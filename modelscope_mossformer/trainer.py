@@ -445,6 +445,8 @@ class SpeechSeparationTrainer(BaseTrainer):
         if not summary['written']:
             logger.error('the average of epochs %s scores %s on validation; best_model/ is left as it was',
                          epochs, score)
+            if self.best_model_dir.is_dir():  # the model in memory stays the one on disk
+                load_weights(self.model.separator, self.best_model_dir)
             return summary
         self._export_best_model(record)
         logger.info('averaged %d checkpoint(s) (epochs %s): valid SI-SNR %.3f dB, best single %.3f dB '

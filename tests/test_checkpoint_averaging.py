@@ -276,3 +276,19 @@ def test_average_best_is_validated_and_off_by_default(tmp_path, corpus):
     assert resolve_train_config(({'average_best': 5}, 'x'))['average_best'] == 5
     assert main(['average', '--work-dir', str(tmp_path), '--best', '2']) == 2  # not a work dir
     assert main(['average', '--work-dir', str(tmp_path), '--best', '0']) == 2
+
+
+def test_a_non_finite_average_leaves_best_model_as_it_was(averaged_run, tmp_path, capsys, caplog):
+    tmp, trainer, result = averaged_run
+    work = tmp_path / 'copy'
+    shutil.copytree(tmp / 'work', work)
+    second = list_epoch_checkpoints(work / 'save')[1]
+    state = torch.load(second.path / 'separator.ckpt', weights_only=True)
+    state['masker.in_proj.weight'][0, 0] = float('nan')  # a checkpoint with one NaN weight poisons the mean
+    torch.save(state, second.path / 'separator.ckpt')
+    before = (work / 'best_model' / 'configuration.json').read_text()
+    caplog.set_level(logging.ERROR, logger='modelscope_mossformer')
+    assert main(['average', '--work-dir', str(work), '--best', '2', '--device', 'cpu', '--no-progress']) == 1
+    assert 'the average is not finite' in capsys.readouterr().err
+    assert 'scores nan on validation; best_model/ is left as it was' in caplog.text
+    assert (work / 'best_model' / 'configuration.json').read_text() == before
