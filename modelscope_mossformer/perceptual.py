@@ -17,8 +17,9 @@ works at any rate (pystoi resamples to its 10 kHz internally).
 
 Scores are per speaker, in the speaker order of the references (`metrics.separation_scores` gives the
 estimates in the order found by PIT SI-SNR), averaged over speakers.  An utterance a metric cannot
-score (a silent reference; PESQ finding no speech, or less than 1/4 s; STOI with fewer than 30 frames of
-speech, where pystoi would return a meaningless 1e-5) gets NaN for that metric and a warning naming it;
+score (a silent reference; for PESQ a silent estimate, no speech found, or less than 1/4 s; for STOI fewer
+than 30 frames of speech, where pystoi would return a meaningless 1e-5) gets NaN for that metric and a
+warning naming it;
 `count_unscored` tells a dataset report how many there were.
 """
 from __future__ import annotations
@@ -117,11 +118,15 @@ def _pesq(reference: np.ndarray, estimate: np.ndarray, sample_rate: int, key: st
 
         pair = resample(torch.from_numpy(np.stack([reference, estimate])), sample_rate, rate).numpy()
         reference, estimate = pair[0], pair[1]
+    if np.abs(estimate).max(initial=0.0) < SILENT_REFERENCE_PEAK:  # pesq's level alignment divides by zero
+        raise UnscorableError('the estimate is digital silence, for which PESQ is undefined')
     try:
         return float(pesq.pesq(rate, reference, estimate, key[-2:]))
     except pesq.PesqError as err:  # NoUtterancesError, BufferTooShortError...
         text = err.args[0].decode() if err.args and isinstance(err.args[0], bytes) else str(err)
         raise UnscorableError(f'PESQ: {text}') from None
+    except ValueError as err:  # NaN inside the C code's level alignment (a signal with no energy in its band)
+        raise UnscorableError(f'PESQ failed on this signal ({err})') from None
 
 
 def _stoi(reference: np.ndarray, estimate: np.ndarray, sample_rate: int, extended: bool) -> float:

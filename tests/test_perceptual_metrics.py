@@ -151,6 +151,12 @@ def test_silent_and_too_short_utterances_are_nan_with_a_warning(caplog):
     assert 'short_one: pesq-nb not computed (PESQ: Buffer needs to be at least 1/4 of a second long)' in caplog.text
     assert 'short_one: stoi not computed (fewer than 30 frames' in caplog.text
     assert count_unscored([scores, {'pesq-nb': 2.0, 'stoi': 0.5}], ('pesq-nb', 'stoi')) == {'pesq-nb': 1, 'stoi': 1}
+    caplog.clear()
+    # a model that outputs digital silence for a speaker: pesq's own code would fail (NaN to int); STOI is 0
+    mute = torch.from_numpy(np.stack([clean[0], np.zeros_like(clean[1])]))
+    scores = perceptual_scores(mute, torch.from_numpy(clean), rate, ('pesq-nb', 'stoi'), name='mute')
+    assert np.isnan(scores['pesq-nb']) and 'mute: pesq-nb not computed (the estimate is digital silence' in caplog.text
+    assert scores['stoi'] == pytest.approx(np.mean([pystoi.stoi(clean[0], clean[0], rate), 0.0]), abs=1e-9)
 
 
 # -- missing packages --------------------------------------------------------------------------------------
