@@ -23,7 +23,8 @@ Memory depends on the chunk length, never on the file length.  Without chunking
 
 `separate_many` runs `separate_file` over audio files, folders of audio files,
 CSV / scp manifests and LibriMix trees.  Listed references (CSV / scp / LibriMix)
-are scored with `metrics.separation_scores` (SI-SNR, SI-SNRi, SDR, SDRi); every
+are scored with `metrics.separation_scores` (SI-SNR, SI-SNRi, SDR, SDRi; PESQ / STOI / ESTOI
+when asked, `perceptual`); every
 run writes ``report.csv`` (one row per file) and ``summary.json`` (counts, mean
 metrics, failures).  A file that cannot be used (missing, unreadable, empty,
 NaN/Inf samples, too short) is logged with the reason and the batch goes on.
@@ -683,8 +684,9 @@ def _unique_names(jobs: List[Job]) -> List[Job]:
     return unique
 
 
-def score_outputs(result: FileResult, references: Sequence[Path]) -> Dict[str, float]:
-    """SI-SNR, SI-SNRi, SDR, SDRi (dB) of written outputs against reference files."""
+def score_outputs(result: FileResult, references: Sequence[Path], perceptual: Sequence[str] = ()) -> Dict[str, float]:
+    """SI-SNR, SI-SNRi, SDR, SDRi (dB) of written outputs against reference files, and the `perceptual`
+    metrics (result keys of `perceptual.resolve_metrics`), at the file's rate."""
     from .metrics import separation_scores
 
     if len(references) != len(result.outputs):
@@ -699,7 +701,7 @@ def score_outputs(result: FileResult, references: Sequence[Path]) -> Dict[str, f
         logger.warning('%s: references and mixture differ in length; scoring the first %d samples',
                        result.input, length)
     return separation_scores(torch.stack([e[:length] for e in ests]), torch.stack([r[:length] for r in refs]),
-                             mix[:length])
+                             mix[:length], perceptual=perceptual, sample_rate=rate, name=str(result.input))
 
 
 @dataclass
@@ -708,10 +710,12 @@ class BatchSummary:
 
     Attributes:
         total, ok, failed: file counts.
-        means: mean metrics over the scored files (empty without references).
+        means: mean metrics over the scored files (empty without references); a perceptual metric's
+            mean leaves out the files it could not score.
         scored: files with metrics.
         failures: (input, message) per failed file.
         report_csv, summary_json: the written reports.
+        unscored: per perceptual metric, the scored files it could not score (NaN in report.csv).
     """
 
     total: int
@@ -722,12 +726,14 @@ class BatchSummary:
     failures: List[Tuple[str, str]]
     report_csv: Optional[Path] = None
     summary_json: Optional[Path] = None
+    unscored: Dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         out = asdict(self)
         out['failures'] = [{'input': path, 'error': message} for path, message in self.failures]
         out['report_csv'] = str(self.report_csv) if self.report_csv else None
         out['summary_json'] = str(self.summary_json) if self.summary_json else None
+        out['means'] = {k: None if v != v else v for k, v in self.means.items()}  # NaN (nothing scored): null
         return out
 
 
@@ -744,7 +750,7 @@ def report_fields(num_spks: int) -> Tuple[str, ...]:
 def separate_many(engine_or_pipeline: Any, inputs: Sequence[PathLike], out_dir: PathLike,
                   split: Optional[str] = None, subtype: str = 'PCM_16', progress: bool = True,
                   score: bool = True, gate_inactive: Optional[bool] = None,
-                  activity: Optional[ActivitySettings] = None) -> BatchSummary:
+                  activity: Optional[ActivitySettings] = None, metrics: Sequence[str] = ()) -> BatchSummary:
     """Separate many files; score them when references are listed; never stop at a bad file.
 
     Args:
@@ -757,14 +763,23 @@ def separate_many(engine_or_pipeline: Any, inputs: Sequence[PathLike], out_dir: 
         score: compute metrics where references exist.
         gate_inactive: set each output to silence where it is inactive (see `separate_file`).
         activity: the activity rule's constants (see `separate_file`).
+        metrics: perceptual metrics to add ('pesq', 'pesq-nb', 'pesq-wb', 'stoi', 'estoi'; see
+            `perceptual`), PESQ's band chosen by the model's rate.
 
     Returns:
         Counts, mean metrics and failures.
 
     Raises:
         ManifestError: a list or LibriMix tree cannot be parsed (nothing is separated).
+        ValueError, ImportError: a metric that is unknown, impossible at the model's rate, or whose package
+            (the ``metrics`` extra) is missing (nothing is separated).
     """
     engine = engine_of(engine_or_pipeline)
+    perceptual: Tuple[str, ...] = ()
+    if metrics and score:
+        from .perceptual import resolve_metrics
+
+        perceptual = resolve_metrics(metrics, engine.sample_rate)
     out_dir = Path(out_dir)
     jobs = collect_jobs(inputs, out_dir, split=split, sample_rate=engine.sample_rate,
                         num_spks=engine.num_spks)
@@ -785,7 +800,7 @@ def separate_many(engine_or_pipeline: Any, inputs: Sequence[PathLike], out_dir: 
             if result.activity is not None:
                 row.update(activity_row(result.activity))
             if score and job.references is not None:
-                row.update({k: round(v, 4) for k, v in score_outputs(result, job.references).items()})
+                row.update({k: round(v, 4) for k, v in score_outputs(result, job.references, perceptual).items()})
         except Exception as err:  # noqa: BLE001 - one bad file must not stop the batch
             message = _failure_message(job, err)
             logger.error('failed: %s', message)
@@ -798,7 +813,7 @@ def separate_many(engine_or_pipeline: Any, inputs: Sequence[PathLike], out_dir: 
             bar.set_postfix(failed=len(failures), si_snri=f'{np.mean([r["si-snri"] for r in scored]):.2f}')
         elif failures:
             bar.set_postfix(failed=len(failures))
-    return _write_reports(rows, failures, out_dir, report_fields(engine.num_spks))
+    return _write_reports(rows, failures, out_dir, report_fields(engine.num_spks), perceptual)
 
 
 def _failure_message(job: Job, err: Exception) -> str:
@@ -820,9 +835,17 @@ def _duration(path: Path) -> float:
 
 
 def _write_reports(rows: List[Dict[str, Any]], failures: List[Tuple[str, str]], out_dir: Path,
-                   fields: Sequence[str] = REPORT_FIELDS) -> BatchSummary:
+                   fields: Sequence[str] = REPORT_FIELDS, perceptual: Sequence[str] = ()) -> BatchSummary:
+    from .perceptual import count_unscored, nan_mean, unscored_note
+
     scored = [r for r in rows if 'si-snri' in r]
     means = {k: float(np.mean([r[k] for r in scored])) for k in METRIC_KEYS} if scored else {}
+    if scored:
+        means.update({k: nan_mean(r[k] for r in scored) for k in perceptual})
+    unscored = count_unscored(scored, perceptual) if scored else {}
+    fields = tuple(fields)
+    after_metrics = fields.index(METRIC_KEYS[-1]) + 1  # perceptual columns follow the SI-SNR ones
+    fields = fields[:after_metrics] + tuple(perceptual) + fields[after_metrics:]
     ok = sum(r['status'] == 'ok' for r in rows)
     report = out_dir / 'report.csv'
     with open(report, 'w', newline='') as handle:
@@ -833,11 +856,15 @@ def _write_reports(rows: List[Dict[str, Any]], failures: List[Tuple[str, str]], 
             writer.writerow({'id': 'MEAN', 'status': f'{len(scored)} scored',
                              **{k: round(v, 4) for k, v in means.items()}})
     summary = BatchSummary(total=len(rows), ok=ok, failed=len(failures), means=means, scored=len(scored),
-                           failures=failures, report_csv=report, summary_json=out_dir / 'summary.json')
+                           failures=failures, report_csv=report, summary_json=out_dir / 'summary.json',
+                           unscored=unscored)
     summary.summary_json.write_text(json.dumps(summary.to_dict(), indent=2) + '\n')
     if means:
         logger.info('%d/%d file(s) separated; mean over %d scored: %s', ok, len(rows), len(scored),
-                    ', '.join(f'{k} {v:.2f} dB' for k, v in means.items()))
+                    ', '.join(f'{k} {v:.2f}{" dB" if k in METRIC_KEYS else ""}' for k, v in means.items()))
+        note = unscored_note(unscored, len(scored))
+        if note:
+            logger.warning('%s', note)
     else:
         logger.info('%d/%d file(s) separated', ok, len(rows))
     if failures:

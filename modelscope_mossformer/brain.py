@@ -5,7 +5,8 @@ Imported by `SpeechSeparationTrainer.train()` only (SpeechBrain is loaded when t
 
 * `SeparationBrain`: PIT SI-SNR training of ``modules.separator``; skipped bad examples counted, non-finite
   losses named by their examples, nothing of an epoch kept once the weights or the validation output are
-  non-finite, the plateau schedule, checkpoints kept as ModelScope's built-in keeps them (latest + best).
+  non-finite, the plateau schedule, checkpoints kept as ModelScope's built-in keeps them (latest + best;
+  latest + N best with ``train.average_best: N``, see `keep_best_and_latest`).
 * `AtomicCheckpointer`: each checkpoint written into a hidden folder and renamed into place, deleted by
   renaming first; every tensor file of a checkpoint read weights-only before SpeechBrain loads it.
 * `RNGState`: Python, NumPy and torch random states as tensors (weights-only loadable).
@@ -111,6 +112,24 @@ class AtomicCheckpointer(Checkpointer):
         os.rename(path, doomed)
         shutil.rmtree(doomed)
         logger.log(verbosity, 'deleted checkpoint %s', path)
+
+
+def keep_best_and_latest(checkpointer: Checkpointer, meta: Mapping[str, Any], num_best: int) -> None:
+    """Save an end-of-epoch checkpoint, then keep the `num_best` best by validation SI-SNR and the latest.
+
+    (SpeechBrain's `save_and_keep_only(num_to_keep=N)` would keep the N latest as well: up to 2N.)
+    Intra-epoch checkpoints, superseded by this one, are removed.
+    """
+    from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
+    from speechbrain.utils.checkpoints import ckpt_recency
+
+    checkpointer.save_checkpoint(meta=dict(meta), end_of_epoch=True)
+    scored = checkpointer.find_checkpoints(max_key='si-snr')  # best first
+    kept = {c.path for c in scored[:num_best]} | {max(scored, key=ckpt_recency).path}
+    checkpointer.delete_checkpoints(num_to_keep=0, max_keys=['si-snr'], importance_keys=[],
+                                    ckpt_predicate=lambda c: c.path not in kept)
+    checkpointer.delete_checkpoints(num_to_keep=0, importance_keys=[ckpt_recency],
+                                    ckpt_predicate=lambda c: INTRA_EPOCH_CKPT_FLAG in c.meta)
 
 
 def rng_state_to_tensors() -> Dict[str, Any]:
@@ -226,5 +245,9 @@ class SeparationBrain(sb.Brain):
         stats = {'train_loss': self.train_loss, 'valid_si_snr': valid_si_snr, 'lr': old_lr,
                  'train_skipped': self.train_skipped, 'valid_skipped': self.skipped}
         self.hparams.on_epoch_end(epoch, stats)
-        self.checkpointer.save_and_keep_only(meta={'si-snr': valid_si_snr, 'epoch': epoch},
-                                             max_keys=['si-snr'], num_to_keep=1)
+        meta = {'si-snr': valid_si_snr, 'epoch': epoch}
+        kept = getattr(self.hparams, 'checkpoints_kept', 1)
+        if kept <= 1:
+            self.checkpointer.save_and_keep_only(meta=meta, max_keys=['si-snr'], num_to_keep=1)
+        else:
+            keep_best_and_latest(self.checkpointer, meta, kept)

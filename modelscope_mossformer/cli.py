@@ -3,6 +3,7 @@
     mossformer separate  INPUT... --model DIR --out DIR
     mossformer evaluate  --model DIR --data LIST_OR_LIBRIMIX --out DIR
     mossformer train     --config MODEL_DIR_OR_JSON --train DATA --valid DATA --work-dir DIR
+    mossformer average   --work-dir DIR --best N
 
 Every subcommand wraps the library: the registered ModelScope pipeline and
 `batch.separate_many` for separation and evaluation, `build_trainer` for
@@ -85,9 +86,15 @@ writes OUT/report.csv (per file: SI-SNR, SI-SNRi, SDR, SDRi in dB, higher is
 better), OUT/summary.json (means) and the separated files.  Files are separated
 whole by default, as papers evaluate; --chunk-seconds evaluates chunked inference.
 
+--metrics pesq,stoi,estoi adds PESQ (narrow band for 8 kHz models, wide band for
+16 kHz ones), STOI and ESTOI per file (pip install 'modelscope_mossformer[metrics]').
+A file a metric cannot score (silent reference, too short) gets NaN there and is
+left out of that mean; the summary says how many.
+
 examples:
   mossformer evaluate --model work/best_model --data corpus/test.csv --out eval/
   mossformer evaluate --model models/mossformer2_8k --data LibriMix/ --split test --out eval/
+  mossformer evaluate --model work/best_model --data corpus/test.csv --out eval/ --metrics pesq,stoi,estoi
 """
 
 TRAIN_EPILOG = """\
@@ -110,6 +117,24 @@ examples:
   mossformer train --config {configs}/mossformer2_8k.json --train train.csv --valid dev.csv --work-dir runs/m2
   mossformer train --config models/mossformer2_8k --train train.scp --valid dev.scp --work-dir runs/ft \\
       --init-checkpoint models/mossformer2_8k --set fine_tune_lr=5e-5 --max-epochs 20
+"""
+
+
+AVERAGE_EPILOG = """\
+Averages the weights of the N best checkpoints of a training run (by validation
+SI-SNR, from WORK_DIR/save/) into WORK_DIR/best_model/, measures the averaged
+model's validation SI-SNR and records both in best_model/configuration.json.
+The run keeps N checkpoints (besides the latest) when it was trained with
+--set average_best=N; with fewer kept, those that exist are averaged (a warning
+says so).  --best 1 writes best_model/ from the best single checkpoint.
+
+The validation data is the run's (recorded in WORK_DIR/run.json) unless --valid
+names other data.
+
+examples:
+  mossformer train --config my_model --train train.csv --valid dev.csv --work-dir runs/exp1 --set average_best=5
+  mossformer average --work-dir runs/exp1 --best 5
+  mossformer evaluate --model runs/exp1/best_model --data test.csv --out eval/
 """
 
 
@@ -184,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument('--data', required=True, nargs='+', metavar='DATA',
                           help='CSV / scp list(s) with references, or a LibriMix folder (with --split)')
     evaluate.add_argument('--split', default='test', help='LibriMix split for folder data (default: test)')
+    evaluate.add_argument('--metrics', default='', metavar='LIST',
+                          help='perceptual metrics to add, comma-separated: pesq (narrow band below 16 kHz, wide '
+                               'band from 16 kHz), pesq-nb, pesq-wb, stoi, estoi; needs the metrics extra')
     _add_separation_options(evaluate, chunk_default=0.0)
     _add_runtime_options(evaluate)
 
@@ -206,6 +234,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help='let a resumed run continue with changed training settings (learning rate, schedule, '
                             'batch...); the model, seed and training data can never change')
     _add_runtime_options(train)
+
+    average = commands.add_parser(
+        'average', formatter_class=_formatter, epilog=AVERAGE_EPILOG,
+        help='best_model/ from the mean of the N best checkpoints of a run',
+        description='Average the N best checkpoints of a training run into its best_model/.')
+    average.add_argument('--work-dir', required=True, metavar='DIR', help='the training run\'s work dir')
+    average.add_argument('--best', required=True, type=int, metavar='N', help='checkpoints to average (>= 1)')
+    average.add_argument('--valid', default=None, metavar='DATA',
+                         help='validation data to score the average on (default: the run\'s own)')
+    _add_runtime_options(average)
     return parser
 
 
@@ -373,7 +411,9 @@ def _print_summary(summary: Any, out_dir: str) -> None:
     if summary.means:
         print(f'mean over {summary.scored} scored file(s):')
         for key, value in summary.means.items():
-            print(f'  {key:8s} {value:8.3f} dB')
+            unit = ' dB' if key in ('si-snr', 'si-snri', 'sdr', 'sdri') else ''
+            missing = getattr(summary, 'unscored', {}).get(key)
+            print(f'  {key:8s} {value:8.3f}{unit}' + (f'  ({missing} file(s) not scored)' if missing else ''))
     for path, message in summary.failures:
         print(f'FAILED {message if message.startswith(path) else f"{path}: {message}"}', file=sys.stderr)
     print(f'report: {summary.report_csv}')
@@ -384,17 +424,26 @@ def _print_summary(summary: Any, out_dir: str) -> None:
 # ---------------------------------------------------------------------------
 
 
-def _run_separation(args: argparse.Namespace, inputs: List[str], split: Optional[str]) -> int:
+def _run_separation(args: argparse.Namespace, inputs: List[str], split: Optional[str],
+                    metrics: Sequence[str] = ()) -> int:
     from .batch import separate_many
     from .data.manifest import ManifestError
 
     separator = _build_engine(args)
     activity = _activity_settings(args)
+    if metrics:
+        from .perceptual import resolve_metrics
+
+        try:
+            resolve_metrics(metrics, separator.sample_rate, '--metrics')
+        except (ValueError, ImportError) as err:
+            raise UsageError(str(err)) from None
     progress = not args.no_progress
     with _progress_friendly_logging(progress):
         try:
             summary = separate_many(separator, inputs, args.out, split=split, subtype=args.subtype,
-                                    progress=progress, gate_inactive=args.gate_inactive, activity=activity)
+                                    progress=progress, gate_inactive=args.gate_inactive, activity=activity,
+                                    metrics=metrics)
         except ManifestError as err:
             raise UsageError(str(err)) from err
     _print_summary(summary, args.out)
@@ -409,10 +458,16 @@ def command_separate(args: argparse.Namespace) -> int:
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
+    from .perceptual import parse_metric_names
+
     for item in args.data:
         if not Path(item).exists():
             raise UsageError(f'--data {item}: no such file or folder')
-    return _run_separation(args, args.data, split=args.split)
+    try:
+        metrics = parse_metric_names(args.metrics, '--metrics')
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    return _run_separation(args, args.data, split=args.split, metrics=metrics)
 
 
 def _training_model_dir(config: str, work_dir: Path) -> Path:
@@ -485,7 +540,58 @@ def command_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {'separate': command_separate, 'evaluate': command_evaluate, 'train': command_train}
+def _run_validation_data(work_dir: Path) -> str:
+    """The validation data a run in `work_dir` used, from its run.json."""
+    from .workdir import RUN_FILE
+
+    run_file = work_dir / RUN_FILE
+    try:
+        described = json.loads(run_file.read_text()).get('valid_data') or {}
+    except (OSError, ValueError):
+        described = {}
+    path = described.get('path')
+    if not path or not Path(path).exists():
+        raise UsageError(f'--work-dir {work_dir}: {run_file} names no validation data that exists here '
+                         f'({path or "none recorded"}); pass --valid DATA')
+    return path
+
+
+def command_average(args: argparse.Namespace) -> int:
+    work_dir = Path(args.work_dir).expanduser().resolve()
+    if args.best < 1:
+        raise UsageError(f'--best {args.best}: must be at least 1')
+    if not (work_dir / CONFIGURATION_FILE).is_file() or not (work_dir / 'save').is_dir():
+        raise UsageError(f'--work-dir {args.work_dir}: not a training work dir (needs configuration.json and save/)')
+    valid = args.valid if args.valid is not None else _run_validation_data(work_dir)
+    if not Path(valid).exists():
+        raise UsageError(f'--valid {valid}: no such file or folder')
+    device = resolve_device(args.device)
+    import modelscope_mossformer  # noqa: F401 - registers the model types
+
+    from .models.checkpoint import CheckpointError
+    from .trainer import SpeechSeparationTrainer
+    from .workdir import WorkDirBusyError
+
+    try:
+        trainer = SpeechSeparationTrainer(model=str(work_dir), eval_dataset=str(Path(valid).resolve()),
+                                          work_dir=str(work_dir), device=device)
+        summary = trainer.average_best_checkpoints(args.best, progress=not args.no_progress)
+    except (WorkDirBusyError, FileNotFoundError, CheckpointError, ValueError) as err:
+        raise UsageError(str(err)) from err
+    print(f'averaged {len(summary["epochs"])} checkpoint(s), epochs {", ".join(map(str, summary["epochs"]))}')
+    for item in summary['checkpoints']:
+        print(f'  epoch {item["epoch"]:4d}  valid SI-SNR {item["valid_si_snr"]:8.3f} dB  {item["checkpoint"]}')
+    print(f'valid SI-SNR of the average {summary["valid_si_snr"]:8.3f} dB '
+          f'({summary["gain_db"]:+.3f} dB over the best single checkpoint)')
+    if not summary['written']:
+        print(f'the average is not finite; {trainer.best_model_dir} was left as it was', file=sys.stderr)
+        return EXIT_FAILED
+    print(f'best model: {trainer.best_model_dir}')
+    return EXIT_OK
+
+
+COMMANDS = {'separate': command_separate, 'evaluate': command_evaluate, 'train': command_train,
+            'average': command_average}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

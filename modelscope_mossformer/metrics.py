@@ -7,13 +7,15 @@
   ignoring examples already above a threshold (the released recipe's 30 dB).
 * `sdr`: BSS Eval SDR (fast_bss_eval, 512-tap distortion filter), as reported
   in papers; `improvement` turns a metric into its improvement over the mixture.
+* `separation_scores`: all of them for one utterance, plus PESQ / STOI / ESTOI when asked
+  (`perceptual`, the optional ``metrics`` extra), with the permutation PIT SI-SNR found.
 
 Padded batches pass `lengths` so that padding never counts.
 """
 from __future__ import annotations
 
 import itertools
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -114,13 +116,19 @@ def sdr(estimates: np.ndarray, references: np.ndarray) -> np.ndarray:
                                         load_diag=1e-10), dtype=np.float64)
 
 
-def separation_scores(estimates: torch.Tensor, references: torch.Tensor, mix: torch.Tensor) -> dict:
-    """Per-utterance SI-SNR, SI-SNRi, SDR and SDRi (dB) of one example.
+def separation_scores(estimates: torch.Tensor, references: torch.Tensor, mix: torch.Tensor,
+                      perceptual: Sequence[str] = (), sample_rate: Optional[int] = None,
+                      name: str = 'utterance') -> dict:
+    """Per-utterance SI-SNR, SI-SNRi, SDR and SDRi (dB) of one example, and optional perceptual metrics.
 
     Args:
         estimates: [C, T] in any speaker order.
         references: [C, T].
         mix: [T].
+        perceptual: result keys of `perceptual.resolve_metrics` ('pesq-nb', 'pesq-wb', 'stoi', 'estoi'),
+            scored with the speaker assignment that PIT SI-SNR found.
+        sample_rate: rate of the signals (needed with `perceptual`).
+        name: the utterance, named in the warning when a perceptual metric cannot score it (NaN).
     """
     best, perm = pit_si_snr(estimates[None], references[None])
     ordered = reorder(estimates[None], perm)[0]
@@ -128,5 +136,12 @@ def separation_scores(estimates: torch.Tensor, references: torch.Tensor, mix: to
     mix_si_snr = si_snr(mixes, references).mean()
     est_sdr = sdr(ordered.detach().cpu().numpy(), references.cpu().numpy()).mean()
     mix_sdr = sdr(mixes.cpu().numpy(), references.cpu().numpy()).mean()
-    return {'si-snr': float(best[0]), 'si-snri': float(best[0] - mix_si_snr), 'sdr': float(est_sdr),
-            'sdri': float(est_sdr - mix_sdr)}
+    scores = {'si-snr': float(best[0]), 'si-snri': float(best[0] - mix_si_snr), 'sdr': float(est_sdr),
+              'sdri': float(est_sdr - mix_sdr)}
+    if perceptual:
+        if sample_rate is None:
+            raise ValueError('separation_scores: perceptual metrics need the sample_rate')
+        from .perceptual import perceptual_scores
+
+        scores.update(perceptual_scores(ordered, references, sample_rate, perceptual, name))
+    return scores

@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .data.dataset import AugmentConfig
 
@@ -80,6 +80,9 @@ class TrainConfig:
     # runs
     seed: int = 1234
     init_checkpoint: Optional[str] = None
+    # evaluation and the exported model
+    eval_metrics: List[str] = field(default_factory=list)  # perceptual metrics of evaluate(): pesq, stoi, estoi
+    average_best: Optional[int] = None  # best_model/ = mean of the N best checkpoints (N kept); None: off
 
     def to_dict(self) -> Dict[str, Any]:
         """The section in this package's spelling, JSON types."""
@@ -213,6 +216,16 @@ def validate_train_config(cfg: Mapping[str, Any], source: str) -> None:
         AugmentConfig.from_section(cfg['augment'])
     except ValueError as err:  # the message starts with the field's name
         raise ValueError(f'{source}: train.augment.{err}') from None
+    from .perceptual import parse_metric_names
+
+    if not isinstance(cfg['eval_metrics'], (list, tuple)):
+        raise ValueError(f'{source}: train.eval_metrics must be a list such as ["pesq", "stoi", "estoi"] '
+                         f'(or [] for none), got {cfg["eval_metrics"]!r}')
+    parse_metric_names(cfg['eval_metrics'], f'{source}: train.eval_metrics')
+    average = cfg['average_best']
+    if average is not None and (isinstance(average, bool) or not isinstance(average, int) or average < 1):
+        raise ValueError(f'{source}: train.average_best must be null (off) or the number of best checkpoints '
+                         f'to average (an integer >= 1; 1 keeps the best single checkpoint), got {average!r}')
 
 
 def resolve_train_config(*layers: Tuple[Optional[Mapping[str, Any]], str]) -> Dict[str, Any]:

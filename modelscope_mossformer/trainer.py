@@ -9,7 +9,8 @@ this package's spelling or the released one (`train_config` maps every released
 key; a released model dir's hparams.yaml is not read).
 
 Files in ``work_dir``:
-    save/CKPT+<time>/   SpeechBrain checkpoints (latest and best by validation SI-SNR),
+    save/CKPT+<time>/   SpeechBrain checkpoints (latest and best by validation SI-SNR; the N best
+                        with train.average_best: N, whose mean becomes best_model/ at the end),
                         written to a temporary folder and renamed, so a kill at any
                         moment leaves the previous checkpoint usable
     best_model/         a loadable model dir: configuration.json + released-format weights
@@ -29,7 +30,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -44,13 +45,13 @@ from .metrics import separation_scores
 from .model import (MossFormerSeparation, load_model_dir, model_configuration, read_configuration,
                     write_configuration)
 from .models import build_separator
-from .models.checkpoint import find_weights, load_weights
+from .models.checkpoint import find_weights, load_weights, to_model_state_dict
 from .errors import DiskFullError, NonFiniteLossError, NonFiniteWeightsError  # noqa: F401 - re-exported
 from .registration import register
 from .train_config import (DEFAULT_TRAIN_CONFIG, TrainConfig, merge_config, modified_section,  # noqa: F401
                            released_spelling, resolve_train_config)
-from .workdir import (DELETING_PREFIX, PARTIAL_PREFIX, RUN_FILE, WorkDirLock, check_resume, disk_errors_named,
-                      run_record)
+from .workdir import (DELETING_PREFIX, PARTIAL_PREFIX, RUN_FILE, WorkDirLock, check_resume, describe_data,
+                      disk_errors_named, run_record)
 
 logger = logging.getLogger(__name__)
 
@@ -270,7 +271,7 @@ class SpeechSeparationTrainer(BaseTrainer):
                               if any(text.startswith(('train.lr', 'train.fine_tune_lr', 'train.weight_decay'))
                                      for text in changed_settings) else None)
         hparams = {'loss_threshold_db': cfg.loss_threshold_db, 'lr_scheduler': scheduler, 'train_set': train_set,
-                   'optimizer_override': optimizer_override,
+                   'optimizer_override': optimizer_override, 'checkpoints_kept': max(1, cfg.average_best or 1),
                    'on_epoch_end': lambda epoch, stats: history.append(self._on_epoch_end(epoch, stats))}
         brain = SeparationBrain(modules={'separator': separator},
                                opt_class=lambda params: torch.optim.Adam(params, lr=lr,
@@ -284,15 +285,19 @@ class SpeechSeparationTrainer(BaseTrainer):
         brain.fit(counter, train_set, valid_set, train_loader_kwargs=dict(loader, shuffle=True, generator=loader_rng),
                   valid_loader_kwargs=dict(loader, batch_size=cfg.eval_batch_size))
         self._brain = brain
+        result: Dict[str, Any] = {'epochs': history, 'best_model_dir': str(self.best_model_dir)}
+        if cfg.average_best is not None and _is_main_process():
+            result['averaged'] = self._average_locked(cfg.average_best, valid_set)
         if self.best_model_dir.is_dir():
             self.model.model_dir = str(self.best_model_dir)
-        return {'epochs': history, 'best_model_dir': str(self.best_model_dir)}
+        return result
 
     def _check_resume(self) -> List[str]:
         """Compare this run with the one whose checkpoints are in save/ (see `workdir.check_resume`);
         record this run's configuration when it starts.  Returns the changed training settings."""
         run_file = self.work_dir / RUN_FILE  # not in save/: ModelScope's contract counts the checkpoints there
         record = run_record(self.configuration, self.train_cfg, self.train_dataset)
+        record['valid_data'] = describe_data(self.eval_dataset)  # not compared; `mossformer average` reads it
         resuming = self.checkpoint_dir.is_dir() and any(self.checkpoint_dir.glob('CKPT+*'))
         changed: List[str] = []
         if resuming and run_file.is_file():
@@ -386,18 +391,104 @@ class SpeechSeparationTrainer(BaseTrainer):
         shutil.rmtree(old, ignore_errors=True)
         logger.info('new best model (valid SI-SNR %.3f dB) in %s', record['valid_si_snr'], self.best_model_dir)
 
+    # -- checkpoint averaging ---------------------------------------------
+
+    def average_best_checkpoints(self, count: Optional[int] = None, progress: Optional[bool] = None
+                                 ) -> Dict[str, Any]:
+        """Write best_model/ from the mean of the `count` best checkpoints in save/ (by validation SI-SNR).
+
+        The averaged model's validation SI-SNR is measured on the eval dataset (the validation set of
+        the run) and recorded with the averaged checkpoints in best_model/configuration.json
+        (``train_result.averaged``).  ``train.average_best`` does this when training ends.
+
+        Args:
+            count: checkpoints to average; ``train.average_best`` when None. Fewer are used, with a
+                warning, when save/ holds fewer.
+            progress: progress bar over the validation set; ``train.progressbar`` when None.
+
+        Returns:
+            What was averaged and the scores (see `_average_locked`).
+
+        Raises:
+            WorkDirBusyError: a training run holds the work_dir.
+            FileNotFoundError: save/ holds no end-of-epoch checkpoint.
+            CheckpointError: a checkpoint is unreadable or does not fit the others.
+        """
+        count = count if count is not None else self.train_config.average_best
+        if count is None:
+            raise ValueError('average_best_checkpoints: give a count (train.average_best is not set)')
+        with WorkDirLock(self.work_dir):
+            valid_set = self._dataset(self.eval_dataset, 'validation', train=False)
+            return self._average_locked(int(count), valid_set, force=True, progress=progress)
+
+    def _average_locked(self, count: int, valid_set: SeparationDataset, force: bool = False,
+                        progress: Optional[bool] = None) -> Dict[str, Any]:
+        from .averaging import average_checkpoints, list_epoch_checkpoints, select_best, validation_si_snr
+
+        cfg = self.train_config
+        chosen = select_best(list_epoch_checkpoints(self.checkpoint_dir), count, self.checkpoint_dir)
+        epochs = [c.epoch for c in chosen]
+        if not force and self._best_model_epochs() == epochs:
+            logger.info('%s already holds the model of epoch(s) %s', self.best_model_dir, epochs)
+            return {'epochs': epochs, 'written': False, 'unchanged': True}
+        state, _ = to_model_state_dict(self.model.separator, self.model.config.family, average_checkpoints(chosen),
+                                       f'the average of {", ".join(c.path.name for c in chosen)}')
+        self.model.separator.load_state_dict(state, strict=False)  # checked strictly above (but the rotary table)
+        score = validation_si_snr(self.model.separator, valid_set, cfg.eval_batch_size, self.device,
+                                  cfg.eval_precision, cfg.progressbar if progress is None else progress)
+        best_single = chosen[0].valid_si_snr
+        summary = {'count': len(chosen), 'epochs': epochs, 'checkpoints': [c.record() for c in chosen],
+                   'valid_si_snr': score, 'best_single_valid_si_snr': best_single, 'gain_db': score - best_single}
+        record = {'valid_si_snr': score, 'averaged': dict(summary)} if len(chosen) > 1 else \
+            {'valid_si_snr': score, 'epoch': chosen[0].epoch, 'checkpoint': chosen[0].path.name}
+        summary['written'] = math.isfinite(score)
+        if not summary['written']:
+            logger.error('the average of epochs %s scores %s on validation; best_model/ is left as it was',
+                         epochs, score)
+            if self.best_model_dir.is_dir():  # the model in memory stays the one on disk
+                load_weights(self.model.separator, self.best_model_dir)
+            return summary
+        self._export_best_model(record)
+        logger.info('averaged %d checkpoint(s) (epochs %s): valid SI-SNR %.3f dB, best single %.3f dB '
+                    '(epoch %d): %+.3f dB', len(chosen), ', '.join(map(str, epochs)), score, best_single,
+                    chosen[0].epoch, score - best_single)
+        if len(chosen) > 1 and score < best_single:
+            logger.warning('the average of %d checkpoints scores %.3f dB below the best single one; '
+                           '`mossformer average --best 1` writes best_model/ from the best one alone',
+                           len(chosen), best_single - score)
+        return summary
+
+    def _best_model_epochs(self) -> Optional[List[int]]:
+        """The epoch(s) whose weights best_model/ holds, from its configuration.json."""
+        path = self.best_model_dir / CONFIGURATION_FILE
+        if not path.is_file():
+            return None
+        result = json.loads(path.read_text()).get('train_result', {})
+        if 'averaged' in result:
+            return list(result['averaged'].get('epochs', []))
+        return [result['epoch']] if 'epoch' in result else None
+
     # -- evaluation --------------------------------------------------------
 
-    def evaluate(self, checkpoint_path: Optional[str] = None, *args: Any, **kwargs: Any) -> Dict[str, float]:
+    def evaluate(self, checkpoint_path: Optional[str] = None, *args: Any, metrics: Optional[Sequence[str]] = None,
+                 **kwargs: Any) -> Dict[str, float]:
         """Mean SI-SNR, SI-SNRi, SDR and SDRi (dB, higher is better) on the eval dataset.
 
         Unlike ModelScope's built-in trainer (which returns the negative SI-SNR
-        loss), these are the metrics as reported in papers.
+        loss), these are the metrics as reported in papers.  With ``train.eval_metrics``
+        (or `metrics`) also PESQ / STOI / ESTOI (see `perceptual`), with their mean over the
+        utterances they could score and ``<key>-unscored``, the count of those they could not.
 
         Args:
             checkpoint_path: weights to evaluate; when None the best model in
                 work_dir, or the model's own weights when training never ran.
+            metrics: perceptual metrics instead of ``train.eval_metrics`` ('pesq', 'stoi', 'estoi'...).
         """
+        from .perceptual import count_unscored, nan_mean, resolve_metrics, unscored_note
+
+        names = self.train_config.eval_metrics if metrics is None else metrics
+        perceptual = resolve_metrics(names, self.model.sample_rate,
+                                     'train.eval_metrics' if metrics is None else 'evaluate(metrics=...)')
         self._recover_best_model()
         source = checkpoint_path or (self.best_model_dir if self.best_model_dir.is_dir() else None)
         if source is not None:
@@ -416,17 +507,25 @@ class SpeechSeparationTrainer(BaseTrainer):
             if not torch.isfinite(estimates).all():
                 raise ValueError(f"{item.get('origin', item['id'])}: the model produced non-finite (NaN/Inf) "
                                  f'output; check the weights of {source or self.model.model_dir}')
-            rows.append({'id': item['id'], **separation_scores(estimates, item['sources'], item['mix'])})
+            rows.append({'id': item['id'], **separation_scores(
+                estimates, item['sources'], item['mix'], perceptual=perceptual, sample_rate=self.model.sample_rate,
+                name=str(item.get('origin', item['id'])))})
         if not rows:
             raise ValueError('evaluation dataset yielded no usable example')
-        keys = ('si-snr', 'si-snri', 'sdr', 'sdri')
-        summary = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+        keys = ('si-snr', 'si-snri', 'sdr', 'sdri') + perceptual
+        summary = {k: float(np.mean([r[k] for r in rows])) for k in keys[:4]}
+        summary.update({k: nan_mean(r[k] for r in rows) for k in perceptual})
+        unscored = count_unscored(rows, perceptual)
+        note = unscored_note(unscored, len(rows))
+        if note:
+            logger.warning('evaluation: %s', note)
         if _is_main_process():
             with open(self.work_dir / 'eval_results.csv', 'w', newline='') as handle:
                 writer = csv.DictWriter(handle, fieldnames=('id',) + keys)
                 writer.writeheader()
                 writer.writerows(rows)
                 writer.writerow({'id': 'MEAN', **summary})
+        summary.update({f'{k}-unscored': unscored[k] for k in perceptual})
         logger.info('evaluation on %d utterances: %s', len(rows), summary)
         return summary
 

@@ -38,7 +38,7 @@ RUN_FILE = 'run.json'
 BOOKKEEPING_KEYS = frozenset({'max_epochs', 'progressbar', 'num_workers', 'eval_batch_size', 'eval_precision',
                               'nonfinite_patience', 'ckpt_interval_minutes', 'ckpt_interval_steps',
                               'distributed_backend', 'activation_checkpointing', 'init_checkpoint',
-                              'bad_example_policy'})
+                              'bad_example_policy', 'eval_metrics', 'average_best'})
 # train keys that define the run: a different value is another run
 RUN_DEFINING_TRAIN_KEYS = frozenset({'seed'})
 

@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / 'modelscope_mossformer'
 
 LAYERS = {
     1: ['models'],
-    2: ['metrics', 'activity', 'inference', 'batch', 'data', 'train_config', 'workdir', 'errors', 'metainfo'],
+    2: ['metrics', 'activity', 'perceptual', 'averaging', 'inference', 'batch', 'data', 'train_config', 'workdir',
+        'errors', 'metainfo'],
     3: ['registration', 'hub', 'model', 'pipeline', 'preprocessor', 'trainer', 'brain', 'presets'],
     4: ['__init__', 'cli', 'quickstart', '__main__'],
 }
