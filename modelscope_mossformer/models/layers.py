@@ -347,6 +347,10 @@ def _token_shift(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+# parts of a block computed in float32 under reduced-precision autocast (experiment knob)
+FLOAT32_PARTS: set = set()
+
+
 def residual_add(x: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
     """x + update, in update's buffer where autograd does not record and the dtypes agree.
 
@@ -414,7 +418,11 @@ class GatedAttentionUnit(nn.Module):
         quad_q, lin_q, quad_k, lin_k = offset_scale_rotary(qk, self.qk_offset_scale.gamma, self.qk_offset_scale.beta,
                                                            self.rotary_pos_emb)
 
-        att = self._joint_attention(quad_q, lin_q, quad_k, lin_k, vu)  # [B, L, H]
+        if 'attention' in FLOAT32_PARTS and torch.is_autocast_enabled(vu.device.type):
+            with torch.autocast(vu.device.type, enabled=False):
+                att = self._joint_attention(*(t.float() for t in (quad_q, lin_q, quad_k, lin_k, vu)))
+        else:
+            att = self._joint_attention(quad_q, lin_q, quad_k, lin_k, vu)  # [B, L, H]
 
         # gate, project out and residual
         half = vu.shape[-1] // 2
