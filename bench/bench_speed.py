@@ -12,7 +12,9 @@ Sections (``--sections``, all by default):
   FLOPs counted once on the meta device with torch.utils.flop_counter).
 * ``bf16``: the same forward under CPU bfloat16 autocast (an explicit option; the default
   stays fp32): time against our fp32 run and the reference, and fidelity as the SI-SNR of
-  the bf16 output against our fp32 output (should stay above 30 dB).
+  the bf16 output against our fp32 output, on the timing input and (for inputs under 30 s)
+  on a two-talker synthetic speech mixture with the default weights and with every
+  parameter perturbed by 0.05 N(0, 1).
 * ``train``: one training step (forward + backward of the mean squared output, batch 1,
   4 s segments as in the released recipe, dropout on): ours vs the reference, ours in
   bf16 autocast, and ours with activation checkpointing; the largest relative gradient
@@ -103,6 +105,44 @@ def forward_flops(name: str, num_samples: int) -> int:
     return counter.get_total_flops()
 
 
+def cpu_name() -> str:
+    """The CPU model from lscpu, with the bf16 matrix extensions it has (the bf16 figures depend on them)."""
+    try:
+        text = subprocess.run(['lscpu'], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or platform.machine()
+    fields = dict(line.split(':', 1) for line in text.splitlines() if ':' in line)
+    model = fields.get('Model name', platform.machine()).strip()
+    flags = fields.get('Flags', '').split()
+    extras = [f for f in ('avx512_bf16', 'amx_bf16') if f in flags]
+    return f'{model} ({fields.get("CPU(s)", "?").strip()} CPUs; {", ".join(extras) or "no bf16 extensions"})'
+
+
+def perturbed_copy(model: torch.nn.Module, std: float = 0.05, seed: int = 3) -> torch.nn.Module:
+    """A copy of `model` with std * N(0, 1) added to every trainable parameter (weights far from init)."""
+    import copy
+
+    twin = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in twin.parameters():
+            if parameter.requires_grad:
+                parameter.add_(std * torch.randn(parameter.shape, generator=generator))
+    return twin
+
+
+def speech_mixture(seconds: float) -> torch.Tensor:
+    """[1, T] two synthetic talkers (the demo corpus's voices), peak 0.5."""
+    import numpy as np
+
+    from modelscope_mossformer.data.synth import make_voices, synthesize_utterance
+
+    rng = np.random.default_rng(0)
+    mix = sum(synthesize_utterance(voice, seconds, RATE, rng) for voice in make_voices(2, seed=1))
+    mix = torch.tensor(mix, dtype=torch.float32)[None]
+    return 0.5 * mix / mix.abs().max()
+
+
 def build_pair(name: str):
     torch.manual_seed(0)
     ours = build_separator(config_of(name)).eval()
@@ -169,6 +209,15 @@ def bench_inference(name: str, lengths: List[float], repeats: int, with_bf16: bo
                     row['bf16_over_reference'] = row['bf16_s'] / row['reference_s']
                 log(f'  {LABELS[name]:<14} {seconds:>5g} s bf16: {row["bf16_s"]:.2f} s = '
                     f'{row["bf16_over_fp32"]:.3f} x our fp32, SI-SNR vs fp32 {row["bf16_si_snr_db"]:.1f} dB')
+                if seconds < 30:  # fidelity on speech, default and perturbed weights (once each)
+                    speech = speech_mixture(seconds)
+                    for label, model in (('default', ours), ('perturbed', perturbed_copy(ours))):
+                        with torch.autocast('cpu', dtype=torch.bfloat16):
+                            low = model(speech)
+                        row[f'bf16_si_snr_speech_{label}_db'] = si_snr_db(low.float(), model(speech))
+                    log(f'  {LABELS[name]:<14} {seconds:>5g} s bf16 on speech: SI-SNR vs fp32 '
+                        f'{row["bf16_si_snr_speech_default_db"]:.1f} dB (default weights), '
+                        f'{row["bf16_si_snr_speech_perturbed_db"]:.1f} dB (weights + 0.05 N(0, 1))')
             rows.append(row)
     return rows
 
@@ -277,11 +326,13 @@ def print_summary(result: Dict[str, Any]) -> None:
                 f'{r["max_abs_diff"]:>10.2e}')
     rows = [r for r in result.get('inference', []) if 'bf16_s' in r]
     if rows:
-        log(f'{"bf16 inference":<24} {"bf16 s":>8} {"/fp32":>8} {"/ref":>8} {"SI-SNR dB":>10}')
+        log(f'{"bf16 inference":<24} {"bf16 s":>8} {"/fp32":>8} {"/ref":>8} {"SI-SNR dB":>10} '
+            f'{"speech, default":>16} {"speech, perturbed":>18}')
         for r in rows:
             log(f'{r["model"] + " " + format(r["seconds"], "g") + " s":<24} {r["bf16_s"]:>8.2f} '
                 f'{r["bf16_over_fp32"]:>8.3f} {r.get("bf16_over_reference", float("nan")):>8.3f} '
-                f'{r["bf16_si_snr_db"]:>10.1f}')
+                f'{r["bf16_si_snr_db"]:>10.1f} {r.get("bf16_si_snr_speech_default_db", float("nan")):>16.1f} '
+                f'{r.get("bf16_si_snr_speech_perturbed_db", float("nan")):>18.1f}')
     for r in result.get('train', []):
         log(f'train step {r["model"]} {r["seconds"]:g} s: ours/ref {r["ratio"]:.3f}, bf16/ref '
             f'{r["bf16_over_reference"]:.3f}, checkpointed/plain {r["checkpointed_over_plain"]:.2f}, '
@@ -322,9 +373,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(memory_child(json.loads(args.child))))
         return 0
     torch.set_num_threads(args.threads)
-    log(f'torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, '
-        f'sections {args.sections}')
-    result: Dict[str, Any] = {'torch': torch.__version__, 'threads': args.threads, 'num_blocks': NUM_BLOCKS}
+    log(f'torch {torch.__version__}, {args.threads} threads, {cpu_name()}, sections {args.sections}')
+    result: Dict[str, Any] = {'torch': torch.__version__, 'threads': args.threads, 'num_blocks': NUM_BLOCKS,
+                              'cpu': cpu_name()}
     if 'memory' in args.sections:  # first, while this process is small (each step runs in a fresh process)
         log('training memory ...')
         result['memory'] = [bench_memory(name, args.threads) for name in args.models]

@@ -25,6 +25,8 @@ def test_bench_speed_smoke_run_reports_every_section(tmp_path):
     (row,) = result['inference']
     assert row['max_abs_diff'] < 1e-4 and row['ours_s'] > 0 and row['reference_s'] > 0
     assert row['bf16_si_snr_db'] > 20  # bf16 output close to the fp32 output
+    assert row['bf16_si_snr_speech_default_db'] > 20 and row['bf16_si_snr_speech_perturbed_db'] > 10
+    assert result['cpu']  # the CPU is named in the report
     (train,) = result['train']
     # float32 gradients of one block agree to ~1e-6 of their norm; 1e-3 leaves room for any summation order
     assert train['norm_rel_grad_diff'] < 1e-3 and train['ours_s'] > 0

@@ -354,9 +354,11 @@ def float32_region(x: torch.Tensor):
     Inside it, float32 inputs give float32 results: the parts of the models that stay float32
     under ``--precision bf16`` use it.
     """
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.autocast(x.device.type, enabled=False)
-    return contextlib.nullcontext()
+    try:
+        enabled = torch.is_autocast_enabled(x.device.type)
+    except RuntimeError:  # a device type autocast does not know (meta, when FLOPs are counted)
+        enabled = False
+    return torch.autocast(x.device.type, enabled=False) if enabled else contextlib.nullcontext()
 
 
 def residual_add(x: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
