@@ -245,10 +245,13 @@ class ConvProjection(nn.Module):
         serve projections that share an input (the block's hidden and query/key maps).
         """
         h = F.linear(x, self.linear.weight)  # [.., L, out]
+        # in h's dtype: under bf16 autocast, float32 operands would make addcmul compute into a
+        # float32 temporary and copy it back (two extra passes over the widest tensor)
+        bias, row_scale = self.linear.bias.to(h.dtype), row_scale.to(h.dtype)
         if torch.is_grad_enabled():
-            h = torch.addcmul(self.linear.bias, h, row_scale)
+            h = torch.addcmul(bias, h, row_scale)
         else:
-            h = torch.addcmul(self.linear.bias, h, row_scale, out=h)
+            h = torch.addcmul(bias, h, row_scale, out=h)
         return self._activate(h)
 
     def _activate(self, h: torch.Tensor) -> torch.Tensor:
