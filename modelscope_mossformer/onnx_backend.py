@@ -34,7 +34,8 @@ class OnnxSeparator:
     Args:
         path: the .onnx file written by `export_onnx` (``mossformer export``).
         threads: ONNX Runtime's intra-op threads (None: ONNX Runtime decides, one per core).
-        device: 'cpu' or 'cuda' (needs onnxruntime-gpu's CUDA provider).
+        device: 'cpu', 'cuda' or 'cuda:N' (CUDA needs onnxruntime-gpu's CUDA provider); inputs and
+            outputs stay CPU tensors either way.
 
     Raises:
         ImportError: onnxruntime missing (the message names the 'onnx' extra).
@@ -46,9 +47,10 @@ class OnnxSeparator:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f'{self.path}: no such ONNX model file')
-        kind = device.split(':')[0]
-        if kind not in PROVIDERS:
-            raise ValueError(f'ONNX Runtime device must be cpu or cuda, got {device!r}')
+        kind, _, index = device.strip().lower().partition(':')
+        kind = 'cuda' if kind == 'gpu' else kind
+        if kind not in PROVIDERS or (index and (kind != 'cuda' or not index.isdigit())):
+            raise ValueError(f'ONNX Runtime device must be cpu, cuda or cuda:N, got {device!r}')
         if PROVIDERS[kind] not in ort.get_available_providers():
             raise ValueError(f'ONNX Runtime has no {PROVIDERS[kind]} here (available: '
                              f'{", ".join(ort.get_available_providers())}); install onnxruntime-gpu for CUDA')
@@ -60,7 +62,8 @@ class OnnxSeparator:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=[PROVIDERS[kind]])
+            provider = (PROVIDERS[kind], {'device_id': int(index)}) if index else PROVIDERS[kind]
+            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=[provider])
         except Exception as err:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
             raise ValueError(f'{self.path}: ONNX Runtime cannot load this file ({err})') from None
         self.metadata: Dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)

@@ -299,6 +299,7 @@ def export_onnx(separator: nn.Module, path: Union[str, os.PathLike], model_type:
                                     external_data=False, verbose=False)
     logger.info('exported %s in %.1f s', type(separator).__name__, time.perf_counter() - started)
     model = program.model_proto
+    _name_axes(model, ('batch', 'time'))
     props = {META_SAMPLE_RATE: str(config.sample_rate), META_NUM_SPKS: str(config.num_spks),
              META_MODEL_TYPE: model_type or model_type_for(config.family, config.sample_rate),
              META_FAMILY: config.family, META_VERSION: _package_version(),
@@ -312,6 +313,16 @@ def export_onnx(separator: nn.Module, path: Union[str, os.PathLike], model_type:
     onnx.save_model(model, str(tmp))
     os.replace(tmp, path)
     return path
+
+
+def _name_axes(model: Any, names: Tuple[str, ...]) -> None:
+    """Give the input's symbolic dims (the exporter's s0, s1...) the names `names`, wherever they appear."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    mapping = {dim.dim_param: name for dim, name in zip(dims, names) if dim.dim_param}
+    for info in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for dim in info.type.tensor_type.shape.dim:
+            if dim.dim_param in mapping:
+                dim.dim_param = mapping[dim.dim_param]
 
 
 def weights_digest(model_dir: Union[str, os.PathLike]) -> Optional[str]:
