@@ -554,7 +554,8 @@ def command_export(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser() if args.out else None
     if out is not None and out.suffix.lower() != '.onnx':
         raise UsageError(f'--out {args.out}: expected a file name ending in .onnx')
-    from .onnx_export import OPSET, TOLERANCE, VERIFY_SECONDS, export_model_dir, require, verify_export
+    from .onnx_export import (DEFAULT_ONNX_FILE, OPSET, TOLERANCE, VERIFY_SECONDS, export_model, require,
+                              verify_export)
 
     try:
         for module in ('onnx', 'onnxscript') + (() if args.no_verify else ('onnxruntime',)):
@@ -575,12 +576,19 @@ def command_export(args: argparse.Namespace) -> int:
             bar.update(stages.index(name) - bar.n)
         bar.set_postfix_str(name)
 
+    from .model import load_model_dir
+
     with _progress_friendly_logging(not args.no_progress), bar:
         on_stage('load')
         try:
-            path, model = export_model_dir(model_dir, out, on_stage=on_stage)
+            model = load_model_dir(model_dir)
+            if model.weights_source is None:
+                raise ValueError('the model dir holds no weights to export')
         except (FileNotFoundError, ValueError, KeyError) as err:
             raise UsageError(f'--model {args.model}: cannot export this model ({err})') from err
+        path = out if out is not None else model_dir / DEFAULT_ONNX_FILE
+        try:
+            export_model(model, path, model_dir=model_dir, on_stage=on_stage)
         except Exception as err:  # noqa: BLE001 - the exporter's own errors: report and exit 1
             logger.error('export failed: %s', err, exc_info=args.verbose > 0)
             print(f'export failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ""}',

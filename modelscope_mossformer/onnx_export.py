@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .metainfo import model_type_for
 from .models.configs import MossFormerConfig
 from .models.layers import ConvProjection, DenseLayer, GatedAttentionUnit
 
@@ -271,8 +272,6 @@ def export_onnx(separator: nn.Module, path: Union[str, os.PathLike], model_type:
     """
     require('onnxscript', 'ONNX export')
     onnx = require('onnx', 'ONNX export')
-    from .metainfo import model_type_for
-
     config: MossFormerConfig = separator.config
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -341,30 +340,25 @@ def weights_digest(model_dir: Union[str, os.PathLike]) -> Optional[str]:
     return digest.hexdigest()
 
 
-def export_model_dir(model_dir: Union[str, os.PathLike], out: Optional[Union[str, os.PathLike]] = None,
-                     trace_seconds: float = TRACE_SECONDS, on_stage: Optional[Callable[[str], None]] = None
-                     ) -> Tuple[Path, Any]:
-    """Export the model of a model dir (loaded as the CLI loads it) to `out` (default: DIR/model.onnx).
+def export_model(model: Any, out: Union[str, os.PathLike], model_dir: Optional[Union[str, os.PathLike]] = None,
+                 trace_seconds: float = TRACE_SECONDS, on_stage: Optional[Callable[[str], None]] = None) -> Path:
+    """Export a loaded model-dir model (`model.MossFormerSeparation`: its separator and model type) to `out`.
 
-    Returns:
-        (the .onnx path, the loaded MossFormerSeparation).
+    Args:
+        model: the loaded model (``load_model_dir(DIR)``, as the CLI loads it).
+        out: the .onnx file to write.
+        model_dir: the directory its weights came from; their SHA-256 goes into the metadata, so that
+            the ONNX Runtime backend can tell a stale export from a current one.
+        trace_seconds, on_stage: as in `export_onnx`.
 
     Raises:
-        ValueError: the model dir holds no weights.
+        ValueError: the model holds no loaded weights.
     """
-    require('onnxscript', 'ONNX export')
-    require('onnx', 'ONNX export')
-    from .model import load_model_dir
-
-    model_dir = Path(model_dir)
-    model = load_model_dir(model_dir)
-    if model.weights_source is None:
-        raise ValueError(f'{model_dir}: the model dir holds no weights to export')
-    out = Path(out) if out is not None else model_dir / DEFAULT_ONNX_FILE
-    extra = {META_WEIGHTS: weights_digest(model_dir) or ''}
-    export_onnx(model.separator, out, model_type=model.model_type, metadata=extra, trace_seconds=trace_seconds,
-                on_stage=on_stage)
-    return out, model
+    if getattr(model, 'weights_source', None) is None:
+        raise ValueError(f'{model_dir or "the model"}: the model dir holds no weights to export')
+    extra = {META_WEIGHTS: (weights_digest(model_dir) if model_dir is not None else None) or ''}
+    return export_onnx(model.separator, out, model_type=model.model_type, metadata=extra,
+                       trace_seconds=trace_seconds, on_stage=on_stage)
 
 
 def probe_signal(num_samples: int, seed: int = 0) -> torch.Tensor:
@@ -405,5 +399,5 @@ def _package_version() -> str:
 
 
 __all__ = ['OPSET', 'INPUT_NAME', 'OUTPUT_NAME', 'DEFAULT_ONNX_FILE', 'ONNX_EXTRA', 'TOLERANCE', 'require',
-           'export_forwards', 'ExportGraph', 'capture', 'export_onnx', 'export_model_dir', 'weights_digest',
+           'export_forwards', 'ExportGraph', 'capture', 'export_onnx', 'export_model', 'weights_digest',
            'probe_signal', 'max_abs_difference', 'verify_export']

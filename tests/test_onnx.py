@@ -214,7 +214,8 @@ def test_stale_export_is_refused(mossformer_export, tmp_path, capsys):
 
 
 @pytest.mark.parametrize('argv, message', [
-    (['separate', 'x.wav', '--model', '{onnx}', '--backend', 'pytorch', '--out', 'o'], 'runs with --backend onnxruntime'),
+    (['separate', 'x.wav', '--model', '{onnx}', '--backend', 'pytorch', '--out', 'o'],
+     'runs with --backend onnxruntime'),
     (['separate', 'x.wav', '--model', '{bare}', '--backend', 'onnxruntime', '--out', 'o'],
      'run `mossformer export --model'),
     (['separate', 'x.wav', '--model', '{onnx}', '--out', 'o', '--precision', 'bf16'], 'use --precision fp32'),
@@ -259,3 +260,11 @@ def test_missing_package_names_the_extra(mossformer_export, monkeypatch, capsys,
         argv = ['export', '--model', str(directory), '--out', str(tmp_path / 'never.onnx')]
     assert main(argv + ['--no-progress']) == 2
     assert ONNX_EXTRA in capsys.readouterr().err
+
+
+def test_export_help_explains_itself(capsys):
+    assert main(['export', '--help']) == 0
+    text = capsys.readouterr().out
+    assert text.startswith('usage: mossformer export')
+    assert all(word in text for word in ('--model', '--out', '--no-verify', 'opset 18', 'metadata_props',
+                                         '--backend onnxruntime', ONNX_EXTRA, 'examples:'))
