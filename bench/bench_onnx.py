@@ -11,7 +11,7 @@ Both separate the same mixture of two demo voices (``--seconds``, default 4 s, o
 warm-up call each, the parent asks them in turn, ``--repeats`` times, alternating which goes first,
 so that both see the same machine load; reported are the median and the fastest call, the real-time
 factor (median / audio seconds), the resident memory after loading, the peak resident memory of the
-process (``ru_maxrss``) and the peak minus the loaded memory (what separating needed), and the
+process (``VmHWM``) and the peak minus the loaded memory (what separating needed), and the
 ratios ONNX Runtime / PyTorch.  ``max_abs_diff`` is the largest difference between the two backends'
 separated sources (the model output, before any level matching) on that mixture, and the probe line
 the same on a unit-scale test signal of ``--probe-samples`` (default 6 s + 3 samples, a length that is
@@ -45,18 +45,22 @@ READY, RESULT = 'READY ', 'RESULT '
 # ---------------------------------------------------------------------------
 
 
-def _peak_mb() -> float:
-    import resource
+def _status_mb(field: str) -> float:
+    with open('/proc/self/status') as handle:
+        for line in handle:
+            if line.startswith(field + ':'):
+                return int(line.split()[1]) / 1024
+    return float('nan')
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+def _peak_mb() -> float:
+    """Peak resident memory of this process (VmHWM: unlike ru_maxrss, not inherited from the parent,
+    whose export of the model may have needed more)."""
+    return _status_mb('VmHWM')
 
 
 def _current_mb() -> float:
-    with open('/proc/self/status') as handle:
-        for line in handle:
-            if line.startswith('VmRSS:'):
-                return int(line.split()[1]) / 1024
-    return float('nan')
+    return _status_mb('VmRSS')
 
 
 def _say(prefix: str, payload: Dict[str, Any]) -> None:

@@ -7,8 +7,8 @@ Exporter: torch.export (``torch.onnx.export(..., dynamo=True)``).  It records ar
 symbolically (frames = (T - K) // stride + 1, the padding of the frames to a multiple of the
 attention group, the final zero padding back to T) and checks every assumption it makes against
 the declared range of T, failing loudly instead of guessing.  The TorchScript tracer
-(``dynamo=False``) records Python arithmetic on shapes as constants of the trace length: a graph
-traced at one length computes other lengths wrongly, without an error.
+(``dynamo=False``) records Python arithmetic on shapes as constants of the trace length: the model
+traced at 1 s ran at 0.5 s but failed at 12347 samples (its final padding was a constant).
 
 Opset 18: the opset the dynamo exporter's operator library (torchlib) is written for, so no version
 conversion runs after export; it has LayerNormalization (17+) and is run by ONNX Runtime >= 1.14.
@@ -41,7 +41,7 @@ from torch import nn
 
 from .metainfo import model_type_for
 from .models.configs import MossFormerConfig
-from .models.layers import ConvProjection, DenseLayer, GatedAttentionUnit
+from .models.layers import ConvProjection, DenseLayer, GatedAttentionUnit, GlobalLayerNorm
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +55,10 @@ TRACE_SECONDS = 1.0
 MAX_SAMPLES = 2 ** 31 - 1
 # ONNX Runtime vs PyTorch: largest absolute difference accepted on unit-scale audio.  Float32 rounding
 # differs between the two (other summation orders in matmuls and convolutions, fused kernels) and
-# accumulates through the residual stack: measured 1e-7 (tiny models) to ~1e-5 (released sizes, 6 s).
-# 1e-4 leaves room above that and is a third of one 16-bit step (3e-5 is 1/32768), far below anything
-# audible; a wrong graph (a mis-padded group, a lost rotation, an off-by-one frame) is off by 1e-2 or more.
+# accumulates through the residual stack: measured 1e-7 (tiny models) to ~2e-5 (released sizes), where
+# PyTorch's own float32 result is as far from a float64 run.  1e-4 leaves room above that; it is about
+# three 16-bit steps (1/32768 = 3.05e-5), 80 dB below full scale, inaudible; a wrong graph (a mis-padded
+# group, a lost rotation, an off-by-one frame) is off by 1e-2 or more.
 TOLERANCE = 1e-4
 VERIFY_SECONDS = 1.5
 
@@ -99,12 +100,38 @@ def _conv_projection_forward(self: ConvProjection, x: torch.Tensor) -> torch.Ten
     return h + _same_depthwise(h, self.dwconv.weight)
 
 
+def _normalise(x: torch.Tensor, dim: Tuple[int, ...], eps: float) -> torch.Tensor:
+    """(x - mean) / sqrt(var + eps) over `dim`, the statistics summed in float64, the result float32.
+
+    ONNX Runtime sums a reduction in float32 one element after another: over the N * L values of a
+    mask-net norm (512 x 8000 for an 8 s chunk) its InstanceNormalization was off by 1e-2 (PyTorch: 5e-7)
+    and float32 ReduceMeans in two steps by 1e-5, enough to put the separated sources 1.4e-4 away from
+    PyTorch's.  In float64 the sums are exact to float32 precision (the cast costs a few ms per norm).
+    """
+    wide = x.double()
+    mean = wide.mean(dim=dim, keepdim=True)
+    centred = wide - mean
+    var = centred.pow(2).mean(dim=dim, keepdim=True)
+    return (centred * torch.rsqrt(var + eps)).to(x.dtype)
+
+
+def _group_norm_forward(self: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """GroupNorm(1, N) on [B, N, L] ('ln' in the mask net) with float64 statistics."""
+    if self.num_groups != 1 or x.dim() != 3:
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+    return _normalise(x, (1, 2), self.eps) * self.weight[:, None] + self.bias[:, None]
+
+
+def _global_layer_norm_forward(self: GlobalLayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """GlobalLayerNorm ('gln') on [B, N, L] with float64 statistics."""
+    return self.weight * _normalise(x, (1, 2), self.eps) + self.bias
+
+
 def _dense_layer_forward(self: DenseLayer, x: torch.Tensor) -> torch.Tensor:
-    """DenseLayer.forward as the release's grouped convolution (one Conv node)."""
+    """DenseLayer.forward as the release's grouped convolution (one Conv node), float64 statistics."""
     weight = self.conv.weight.squeeze(-1)  # [C, k, K]
     h = _same_depthwise(x, weight, dilation=self.dilation, groups=self.channels)  # [B, L, C]
-    var, mean = torch.var_mean(h, dim=1, unbiased=False, keepdim=True)  # instance norm over frames
-    h = (h - mean) * torch.rsqrt(var + self.norm.eps) * self.norm.weight + self.norm.bias
+    h = _normalise(h, (1,), self.norm.eps) * self.norm.weight + self.norm.bias  # instance norm over frames
     return torch.where(h >= 0, h, h * self.prelu.weight)
 
 
@@ -177,6 +204,8 @@ EXPORT_FORWARDS: Dict[Type[nn.Module], Callable[..., torch.Tensor]] = {
     GatedAttentionUnit: _gated_attention_forward,
     ConvProjection: _conv_projection_forward,
     DenseLayer: _dense_layer_forward,
+    nn.GroupNorm: _group_norm_forward,
+    GlobalLayerNorm: _global_layer_norm_forward,
 }
 
 
