@@ -4,6 +4,7 @@
     mossformer evaluate  --model DIR --data LIST_OR_LIBRIMIX --out DIR
     mossformer train     --config MODEL_DIR_OR_JSON --train DATA --valid DATA --work-dir DIR
     mossformer average   --work-dir DIR --best N
+    mossformer export    --model DIR [--out model.onnx]
 
 Every subcommand wraps the library: the registered ModelScope pipeline and
 `batch.separate_many` for separation and evaluation, `build_trainer` for
@@ -30,12 +31,14 @@ logger = logging.getLogger(__name__)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 CONFIGS_DIR = Path(__file__).resolve().parent / 'configs'
 PRECISION_CHOICES = ('fp32', 'bf16', 'fp16')
+BACKENDS = ('auto', 'pytorch', 'onnxruntime')
 
 MAIN_EPILOG = """\
 examples:
   mossformer separate meeting.wav --model ./mossformer2_8k --out separated/
   mossformer evaluate --model ./mossformer2_8k --data test.csv --out eval/
   mossformer train --config ./my_model --train train.csv --valid dev.csv --work-dir runs/exp1
+  mossformer export --model ./mossformer2_8k   (then: separate --model ./mossformer2_8k --backend onnxruntime)
 
 A model directory holds configuration.json and weights (a released ModelScope model,
 or best_model/ of a training run).  Run 'mossformer COMMAND --help' for details.
@@ -75,6 +78,8 @@ examples:
   mossformer separate monologue.wav --model models/mossformer2_8k --out out/ --gate-inactive
   mossformer separate recordings/ --model models/mossformer2_8k --out out/ --device cuda --precision bf16
   mossformer separate lecture.flac --model models/mossformer_8k --out out/ --chunk-seconds 16 --overlap-seconds 2
+  mossformer separate call.wav --model models/mossformer2_8k --backend onnxruntime --out out/ --threads 4
+  mossformer separate call.wav --model mossformer2_8k.onnx --out out/
 """
 
 EVALUATE_EPILOG = """\
@@ -138,6 +143,26 @@ examples:
 """
 
 
+EXPORT_EPILOG = """\
+writes one ONNX model (opset 18) that maps a mixture "mix" [batch, time] float32
+at the model's rate to "sources" [batch, speakers, time], for any batch size and
+length; its metadata_props hold sample_rate, num_spks, model_type, family, the
+model config, this package's version and the SHA-256 of the weights it came from.
+The export is checked at once: ONNX Runtime and PyTorch separate a 1.5 s test
+signal and must agree within 1e-4 (--no-verify skips this).
+
+Separate with ONNX Runtime (same chunking, speaker alignment and outputs as PyTorch):
+  mossformer separate ... --model DIR --backend onnxruntime    (DIR/model.onnx)
+  mossformer separate ... --model FILE.onnx                    (any exported file)
+--threads sets ONNX Runtime's intra-op threads.  Needs the 'onnx' extra:
+  pip install 'modelscope_mossformer[onnx]'
+
+examples:
+  mossformer export --model models/mossformer2_8k
+  mossformer export --model work/best_model --out deploy/mossformer2_8k.onnx
+"""
+
+
 class UsageError(Exception):
     """A problem with the command line or its inputs; exit status 2."""
 
@@ -154,12 +179,13 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
 
-def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
+def _add_runtime_options(parser: argparse.ArgumentParser, device: bool = True) -> None:
     group = parser.add_argument_group('runtime')
-    group.add_argument('--device', default='auto', metavar='DEVICE',
-                       help='auto (CUDA when available), cpu, cuda or cuda:N (default: auto)')
+    if device:
+        group.add_argument('--device', default='auto', metavar='DEVICE',
+                           help='auto (CUDA when available), cpu, cuda or cuda:N (default: auto)')
     group.add_argument('--threads', type=int, default=None, metavar='N',
-                       help='CPU threads for PyTorch (default: PyTorch decides)')
+                       help='CPU threads for PyTorch (and ONNX Runtime) (default: they decide)')
     group.add_argument('--no-progress', action='store_true', help='hide progress bars')
     group.add_argument('-v', '--verbose', action='count', default=0,
                        help='more log messages (-vv also shows ModelScope\'s)')
@@ -168,9 +194,12 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_separation_options(parser: argparse.ArgumentParser, chunk_default: float) -> None:
     parser.add_argument('--model', required=True, metavar='DIR',
-                        help='model directory (configuration.json + weights)')
+                        help='model directory (configuration.json + weights), or an exported .onnx file')
     parser.add_argument('--out', required=True, metavar='DIR', help='output folder (created)')
     group = parser.add_argument_group('separation')
+    group.add_argument('--backend', choices=BACKENDS, default='auto',
+                       help='pytorch, or onnxruntime (runs DIR/model.onnx, see mossformer export); auto: '
+                            'onnxruntime for an .onnx --model, else pytorch (default: auto)')
     group.add_argument('--chunk-seconds', type=float, default=chunk_default, metavar='S',
                        help=f'chunk length for long inputs; 0 = whole file at once (default: {chunk_default:g})')
     group.add_argument('--overlap-seconds', type=float, default=1.0, metavar='S',
@@ -244,6 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
     average.add_argument('--valid', default=None, metavar='DATA',
                          help='validation data to score the average on (default: the run\'s own)')
     _add_runtime_options(average)
+    export = commands.add_parser(
+        'export', formatter_class=_formatter, epilog=EXPORT_EPILOG,
+        help='export a model to ONNX (for ONNX Runtime)',
+        description='Export a MossFormer / MossFormer2 model dir to one ONNX file with dynamic batch and length.')
+    export.add_argument('--model', required=True, metavar='DIR', help='model directory (configuration.json + weights)')
+    export.add_argument('--out', default=None, metavar='FILE', help='the .onnx file to write (default: DIR/model.onnx)')
+    export.add_argument('--no-verify', action='store_true',
+                        help='do not compare ONNX Runtime with PyTorch after the export')
+    _add_runtime_options(export, device=False)
     return parser
 
 
@@ -370,6 +408,8 @@ def _progress_friendly_logging(enabled: bool) -> Iterator[None]:
 
 def _build_engine(args: argparse.Namespace):
     """The separation engine for --model (no ModelScope pipeline in between: the CLI streams files itself)."""
+    if _backend(args) == 'onnxruntime':
+        return _build_onnx_engine(args)
     model_dir = _model_dir(args.model)
     device = resolve_device(args.device)
     if args.precision == 'fp16' and not device.startswith('cuda'):
@@ -404,6 +444,54 @@ def _activity_settings(args: argparse.Namespace):
         return ActivitySettings(relative_db=args.activity_relative_db)
     except ValueError as err:
         raise UsageError(f'--activity-relative-db {args.activity_relative_db:g}: {err}') from None
+
+
+def _backend(args: argparse.Namespace) -> str:
+    from .onnx_backend import is_onnx_file
+
+    backend = getattr(args, 'backend', 'pytorch')
+    onnx_model = is_onnx_file(args.model)
+    if backend == 'auto':
+        return 'onnxruntime' if onnx_model else 'pytorch'
+    if backend == 'pytorch' and onnx_model:
+        raise UsageError(f'--model {args.model}: an .onnx file runs with --backend onnxruntime; '
+                         f'--backend pytorch needs a model directory')
+    return backend
+
+
+def _build_onnx_engine(args: argparse.Namespace):
+    """The separation engine running an exported model with ONNX Runtime (same chunking and stitching)."""
+    from .inference import SeparationEngine
+    from .onnx_backend import (OnnxSeparator, StaleExportError, available_devices, check_matches_model_dir,
+                               onnx_file_for)
+
+    if args.precision != 'fp32':
+        raise UsageError(f'--precision {args.precision}: the onnxruntime backend runs the exported float32 graph; '
+                         f'use --precision fp32 (or --backend pytorch)')
+    chunk = args.chunk_seconds if args.chunk_seconds and args.chunk_seconds > 0 else None
+    if chunk is not None and not 0 < args.overlap_seconds < chunk:
+        raise UsageError(f'--overlap-seconds {args.overlap_seconds:g} must be above 0 and below '
+                         f'--chunk-seconds {chunk:g}')
+    model_path = Path(args.model).expanduser()
+    try:
+        onnx_path = onnx_file_for(model_path)
+    except FileNotFoundError as err:
+        raise UsageError(f'--model {args.model}: {err}') from None
+    device = args.device.strip().lower()
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f'--threads {args.threads}: must be at least 1')
+    try:
+        if device == 'auto':
+            device = 'cuda' if 'cuda' in available_devices() else 'cpu'
+        separator = OnnxSeparator(onnx_path, threads=args.threads, device=device)
+        if model_path.is_dir():
+            check_matches_model_dir(separator, model_path)
+    except ImportError as err:
+        raise UsageError(str(err)) from None
+    except (ValueError, StaleExportError) as err:
+        raise UsageError(f'--model {args.model}: {err}') from None
+    return SeparationEngine(separator, separator.sample_rate, device='cpu', precision='fp32',
+                            chunk_seconds=chunk, overlap_seconds=args.overlap_seconds)
 
 
 def _print_summary(summary: Any, out_dir: str) -> None:
@@ -590,8 +678,71 @@ def command_average(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def command_export(args: argparse.Namespace) -> int:
+    model_dir = _model_dir(args.model)
+    out = Path(args.out).expanduser() if args.out else None
+    if out is not None and out.suffix.lower() != '.onnx':
+        raise UsageError(f'--out {args.out}: expected a file name ending in .onnx')
+    from .onnx_export import (DEFAULT_ONNX_FILE, OPSET, TOLERANCE, VERIFY_SECONDS, export_model, require,
+                              verify_export)
+
+    try:
+        for module in ('onnx', 'onnxscript') + (() if args.no_verify else ('onnxruntime',)):
+            require(module, 'mossformer export')
+    except ImportError as err:
+        raise UsageError(str(err)) from None
+    import modelscope_mossformer  # noqa: F401 - registers the model types
+    from tqdm.auto import tqdm
+
+    if not args.verbose:  # the exporter's notices (e.g. "torchvision is not installed") are not for users
+        logging.getLogger('torch.onnx').setLevel(logging.ERROR)
+    stages = ['load', 'capture', 'convert', 'save'] + ([] if args.no_verify else ['verify'])
+    bar = tqdm(total=len(stages), desc='export', unit='step', disable=args.no_progress,
+               bar_format='{desc}: {n_fmt}/{total_fmt} {postfix}')
+
+    def on_stage(name: str) -> None:
+        if bar.n < stages.index(name):
+            bar.update(stages.index(name) - bar.n)
+        bar.set_postfix_str(name)
+
+    from .model import load_model_dir
+
+    with _progress_friendly_logging(not args.no_progress), bar:
+        on_stage('load')
+        try:
+            model = load_model_dir(model_dir)
+            if model.weights_source is None:
+                raise ValueError('the model dir holds no weights to export')
+        except (FileNotFoundError, ValueError, KeyError) as err:
+            raise UsageError(f'--model {args.model}: cannot export this model ({err})') from err
+        path = out if out is not None else model_dir / DEFAULT_ONNX_FILE
+        try:
+            export_model(model, path, model_dir=model_dir, on_stage=on_stage)
+        except Exception as err:  # noqa: BLE001 - the exporter's own errors: report and exit 1
+            logger.error('export failed: %s', err, exc_info=args.verbose > 0)
+            print(f'export failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ""}',
+                  file=sys.stderr)
+            return EXIT_FAILED
+        difference = None
+        if not args.no_verify:
+            on_stage('verify')
+            difference = verify_export(model.separator, path, threads=args.threads)
+        bar.update(len(stages) - bar.n)
+    size_mb = path.stat().st_size / 2 ** 20
+    print(f'wrote {path} ({size_mb:.1f} MB, opset {OPSET}, {model.config.family} at {model.sample_rate} Hz, '
+          f'{model.num_spks} speakers)')
+    if difference is not None:
+        verdict = 'within' if difference <= TOLERANCE else 'NOT within'
+        print(f'ONNX Runtime vs PyTorch on a {VERIFY_SECONDS:g} s test signal: max abs difference {difference:.2e} '
+              f'({verdict} {TOLERANCE:g})')
+        if difference > TOLERANCE:
+            print(f'export check failed: {path} does not reproduce the PyTorch model', file=sys.stderr)
+            return EXIT_FAILED
+    return EXIT_OK
+
+
 COMMANDS = {'separate': command_separate, 'evaluate': command_evaluate, 'train': command_train,
-            'average': command_average}
+            'average': command_average, 'export': command_export}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

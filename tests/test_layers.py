@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / 'modelscope_mossformer'
 LAYERS = {
     1: ['models'],
     2: ['metrics', 'activity', 'perceptual', 'averaging', 'inference', 'batch', 'data', 'train_config', 'workdir',
-        'errors', 'metainfo'],
+        'errors', 'metainfo', 'onnx_export', 'onnx_backend'],
     3: ['registration', 'hub', 'model', 'pipeline', 'preprocessor', 'trainer', 'brain', 'presets'],
     4: ['__init__', 'cli', 'quickstart', '__main__'],
 }
@@ -82,6 +82,7 @@ def test_the_core_imports_without_modelscope_or_speechbrain():
         sys.modules['speechbrain'] = None
         import modelscope_mossformer
         from modelscope_mossformer import batch, data, errors, inference, metrics, models, train_config, workdir
+        from modelscope_mossformer import onnx_backend, onnx_export
         from modelscope_mossformer.models import build_separator, mossformer_small
         import torch
         model = build_separator(mossformer_small(num_blocks=1)).eval()
