@@ -48,7 +48,7 @@ from torch import nn
 
 from .metainfo import model_type_for
 from .models.configs import MossFormerConfig
-from .models.layers import ConvProjection, DenseLayer, GatedAttentionUnit, GlobalLayerNorm
+from .models.layers import ConvProjection, DenseLayer, GatedAttentionUnit, GatedFSMN, GlobalLayerNorm
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +207,13 @@ def _gated_attention_forward(self: GatedAttentionUnit, x: torch.Tensor) -> torch
     return x + self.to_out((att_u * v) * torch.sigmoid(att_v * u))
 
 
+def _gated_fsmn_forward(self: GatedFSMN, x: torch.Tensor) -> torch.Tensor:
+    """GatedFSMN.forward as two ConvProjections (the export's own), not the fused eager projection."""
+    return self.to_v(x) * self.fsmn(self.to_u(x)) + x
+
+
 EXPORT_FORWARDS: Dict[Type[nn.Module], Callable[..., torch.Tensor]] = {
+    GatedFSMN: _gated_fsmn_forward,
     GatedAttentionUnit: _gated_attention_forward,
     ConvProjection: _conv_projection_forward,
     DenseLayer: _dense_layer_forward,
