@@ -244,15 +244,15 @@ class ConvProjection(nn.Module):
         saves the pass that scales x, the bias copy and GEMM's read of it, and lets one norm
         serve projections that share an input (the block's hidden and query/key maps).
         """
+        if torch.is_grad_enabled():
+            # training: scaling the (narrower) input keeps the backward's extra passes at dim_in wide;
+            # folding the factor into the output would add two passes over the dim_out-wide gradient
+            return self._activate(F.linear(x * row_scale, self.linear.weight, self.linear.bias))
         h = F.linear(x, self.linear.weight)  # [.., L, out]
         # in h's dtype: under bf16 autocast, float32 operands would make addcmul compute into a
         # float32 temporary and copy it back (two extra passes over the widest tensor)
         bias, row_scale = self.linear.bias.to(h.dtype), row_scale.to(h.dtype)
-        if torch.is_grad_enabled():
-            h = torch.addcmul(bias, h, row_scale)
-        else:
-            h = torch.addcmul(bias, h, row_scale, out=h)
-        return self._activate(h)
+        return self._activate(torch.addcmul(bias, h, row_scale, out=h))
 
     def _activate(self, h: torch.Tensor) -> torch.Tensor:
         h = F.silu(h, inplace=not torch.is_grad_enabled())  # [B, L, out]
@@ -286,8 +286,9 @@ class OffsetScale(nn.Module):
         return out.unbind(dim=-2)
 
 
-def _rotary_cos_sin(rotary: nn.Module, num_frames: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of rotary-embedding-torch's angles for frames 0..L-1, float32, [L, 1, R/2].
+def _rotary_cos_sin(rotary: nn.Module, num_frames: int, device: torch.device,
+                    dtype: torch.dtype = torch.float32) -> Tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of rotary-embedding-torch's angles for frames 0..L-1, [L, 1, R/2] (float64 for a float64 model, else float32).
 
     The angle of frame t and pair j is (t / interpolate_factor) * freqs[j], the same product
     rotary-embedding-torch forms (it repeats each angle for the two members of a pair); the
@@ -295,12 +296,13 @@ def _rotary_cos_sin(rotary: nn.Module, num_frames: int, device: torch.device) ->
     (under bfloat16, frame 257 would become 256). One table serves every block of a forward
     pass: it is cached on the shared rotary module, keyed by length, device and grad mode.
     """
-    key = (num_frames, device, torch.is_inference_mode_enabled())
+    dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    key = (num_frames, device, dtype, torch.is_inference_mode_enabled())
     cached = getattr(rotary, '_mossformer_cos_sin', None)
     if cached is not None and cached[0] == key:
         return cached[1]
-    freqs = rotary.freqs.detach().to(device=device, dtype=torch.float32)
-    positions = torch.arange(num_frames, device=device, dtype=torch.float32) / rotary.interpolate_factor
+    freqs = rotary.freqs.detach().to(device=device, dtype=dtype)
+    positions = torch.arange(num_frames, device=device, dtype=dtype) / rotary.interpolate_factor
     angles = (positions[:, None] * freqs[None, :]).unsqueeze(1)  # [L, 1, R/2]
     table = (angles.cos(), angles.sin())
     rotary._mossformer_cos_sin = (key, table)
@@ -327,12 +329,12 @@ def offset_scale_rotary(qk: torch.Tensor, gamma: torch.Tensor, beta: torch.Tenso
         return heads.unbind(dim=-2)
     if not _plain_rotary(rotary):
         return tuple(rotary.rotate_queries_or_keys(h) for h in heads.unbind(dim=-2))
-    cos, sin = _rotary_cos_sin(rotary, qk.shape[-2], qk.device)
+    cos, sin = _rotary_cos_sin(rotary, qk.shape[-2], qk.device, qk.dtype)
     half = cos.shape[-1]
     pairs = heads[..., :2 * half].unflatten(-1, (half, 2))  # [B, L, 4, R/2, 2]
     x1, x2 = pairs.unbind(-1)
-    if heads.dtype != torch.float32:
-        x1, x2 = x1.float(), x2.float()
+    if heads.dtype != cos.dtype:
+        x1, x2 = x1.to(cos.dtype), x2.to(cos.dtype)
     rotated = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
     pairs.copy_(rotated)  # in place in the fresh buffer: addcmul does not need its output for the gradient
     return heads.unbind(dim=-2)
