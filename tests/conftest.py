@@ -51,3 +51,16 @@ def pytest_collection_modifyitems(session, config, items):
 
 def pytest_runtest_setup(item):
     _hide_unloaded_speechbrain_lazy_modules()
+
+
+@pytest.fixture(scope='module')
+def model_dir(tmp_path_factory):
+    """A one-block tiny MossFormer (8 kHz, random weights, seed 0) saved as a model dir, once per module."""
+    from modelscope_mossformer.metainfo import Models
+    from modelscope_mossformer.model import MossFormerSeparation
+
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp('model')
+    MossFormerSeparation(config=tiny_mossformer(num_blocks=1), model_type=Models.mossformer_8k).save_model_dir(
+        directory)
+    return directory

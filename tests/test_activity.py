@@ -16,10 +16,7 @@ from modelscope_mossformer.batch import separate_file
 from modelscope_mossformer.cli import main
 from modelscope_mossformer.data.synth import make_voices, synthesize_utterance
 from modelscope_mossformer.inference import SeparationEngine, match_mixture_level
-from modelscope_mossformer.metainfo import Models
 from modelscope_mossformer.model import MossFormerSeparation
-
-from .conftest import tiny_mossformer
 
 RATE = 8000
 SETTINGS = ActivitySettings()
@@ -235,15 +232,6 @@ def test_the_silent_report():
 
 # ---------------------------------------------------------------------------------------------
 # wiring: separate_file, `mossformer separate`, the pipeline, with a tiny (untrained) model
-
-
-@pytest.fixture(scope='module')
-def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    directory = tmp_path_factory.mktemp('model')
-    MossFormerSeparation(config=tiny_mossformer(num_blocks=1), model_type=Models.mossformer_8k).save_model_dir(
-        directory)
-    return directory
 
 
 @pytest.fixture(scope='module')

@@ -14,9 +14,7 @@ import torch
 from modelscope_mossformer.cli import main, parse_overrides
 from modelscope_mossformer.data.synth import DemoCorpusSpec, generate_demo_corpus
 from modelscope_mossformer.metainfo import Models
-from modelscope_mossformer.model import MossFormerSeparation
 
-from .conftest import tiny_mossformer
 from .subprocess_utils import subprocess_env
 
 TINY_MODEL_SECTION = {'type': Models.mossformer_8k, 'enc_channels': 32, 'model_dim': 32, 'num_blocks': 1,
@@ -29,15 +27,6 @@ def corpus(tmp_path_factory):
     return generate_demo_corpus(tmp_path_factory.mktemp('corpus'), DemoCorpusSpec(
         train_mixtures=4, validation_mixtures=1, test_mixtures=2, min_seconds=1.0, max_seconds=1.0,
         num_voices=6, validation_voices=2, test_voices=2))
-
-
-@pytest.fixture(scope='module')
-def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    directory = tmp_path_factory.mktemp('model')
-    MossFormerSeparation(config=tiny_mossformer(num_blocks=1), model_type=Models.mossformer_8k).save_model_dir(
-        directory)
-    return directory
 
 
 def read_report(path):
