@@ -104,13 +104,11 @@ class _DepthwiseFramesConv(torch.autograd.Function):
 
     @staticmethod
     @torch.amp.custom_fwd(device_type='cpu')  # backward runs under the forward's autocast state (bf16 training)
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, padding: int, dilation: int,
-                residual: bool) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, padding: int, dilation: int) -> torch.Tensor:
         x = x.contiguous()
         ctx.save_for_backward(x, weight)
-        ctx.padding, ctx.dilation, ctx.residual = padding, dilation, residual
-        out = _depthwise_nhwc(x, weight, padding, dilation)
-        return out.add_(x) if residual else out
+        ctx.padding, ctx.dilation = padding, dilation
+        return _depthwise_nhwc(x, weight, padding, dilation)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type='cpu')
@@ -121,8 +119,6 @@ class _DepthwiseFramesConv(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             # d out[t] / d x[s] = w[(s - t + p) / d]: the same conv with the kernel flipped
             grad_x = _depthwise_nhwc(grad, weight.flip(-1), ctx.padding, ctx.dilation)
-            if ctx.residual:
-                grad_x.add_(grad)
         if ctx.needs_input_grad[1]:
             # grad_w[c, k] = sum_{b,t} grad[b, t, c] * x[b, t + k*d - p, c]: per batch item, a conv of x
             # (one group per channel) with that item's grad as the kernel, stride d
@@ -134,16 +130,15 @@ class _DepthwiseFramesConv(torch.autograd.Function):
                 part = F.conv2d(inputs, taps, padding=(0, ctx.padding), stride=(1, ctx.dilation), groups=channels)
                 grad_w = part if grad_w is None else grad_w + part
             grad_w = grad_w.reshape(channels, 1, -1)[..., :kernel].to(weight.dtype)  # [C, 1, K]
-        return grad_x, grad_w, None, None, None
+        return grad_x, grad_w, None, None
 
 
-def depthwise_conv_frames(x: torch.Tensor, weight: torch.Tensor, dilation: int = 1,
-                          residual: bool = False) -> torch.Tensor:
+def depthwise_conv_frames(x: torch.Tensor, weight: torch.Tensor, dilation: int = 1) -> torch.Tensor:
     """'same' depthwise convolution over frames: x [B, L, C], weight [C, 1, K] (odd K) -> [B, L, C].
 
     Same numbers as ``F.conv1d(x.transpose(1, 2), weight, padding=(K - 1) // 2 * dilation,
-    dilation=dilation, groups=C).transpose(1, 2)`` up to float rounding; with ``residual``
-    x is added to the result (in the conv's output buffer, no extra allocation).
+    dilation=dilation, groups=C).transpose(1, 2)`` up to float rounding. For ``h + conv(h)`` pass
+    ``with_identity_tap(weight)``: one convolution, no extra pass.
     """
     kernel = weight.shape[-1]
     if kernel % 2 == 0:
@@ -157,16 +152,12 @@ def depthwise_conv_frames(x: torch.Tensor, weight: torch.Tensor, dilation: int =
         if extra:
             x = F.pad(x, (0, 0, 0, extra))
         folded = x.reshape(b, (num_frames + extra) // dilation, dilation * channels)
-        out = depthwise_conv_frames(folded, weight.repeat(dilation, 1, 1), residual=residual)
+        out = depthwise_conv_frames(folded, weight.repeat(dilation, 1, 1))
         return out.reshape(b, num_frames + extra, channels)[:, :num_frames]
     padding = (kernel - 1) // 2
     if x.device.type == 'cpu' and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        return _DepthwiseFramesConv.apply(x, weight, padding, 1, residual)
-    out = _depthwise_nhwc(x, weight, padding, 1)
-    if not residual:
-        return out
-    # (in place only where autograd is not recording: the conv's output is a view)
-    return out + x if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad) else out.add_(x)
+        return _DepthwiseFramesConv.apply(x, weight, padding, 1)
+    return _depthwise_nhwc(x, weight, padding, 1)
 
 
 # ---------------------------------------------------------------------------

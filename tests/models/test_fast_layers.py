@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modelscope_mossformer.models.layers import DenseLayer, GatedAttentionUnit, depthwise_conv_frames
+from modelscope_mossformer.models.layers import DenseLayer, GatedAttentionUnit, depthwise_conv_frames, with_identity_tap
 
 
 def _plain_depthwise(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
@@ -21,21 +21,24 @@ def test_depthwise_conv_frames_matches_conv1d_and_its_gradients(batch, frames, c
     x = torch.randn(batch, frames, channels, dtype=torch.float64, generator=generator, requires_grad=True)
     weight = torch.randn(channels, 1, kernel, dtype=torch.float64, generator=generator, requires_grad=True)
     expected = _plain_depthwise(x, weight, dilation) + (x if residual else 0)
-    actual = depthwise_conv_frames(x, weight, dilation, residual=residual)
+    def fast(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # x + conv(x) as one conv with an identity tap
+        return depthwise_conv_frames(a, with_identity_tap(w) if residual else w, dilation)
+
+    actual = fast(x, weight)
     assert actual.shape == expected.shape
     assert actual.is_contiguous() or dilation > 1  # undilated: [B, L, C] memory, no copy
     torch.testing.assert_close(actual, expected, atol=1e-12, rtol=0)
     grad = torch.randn(expected.shape, dtype=torch.float64, generator=generator)
     for a, e in zip(torch.autograd.grad(actual, (x, weight), grad), torch.autograd.grad(expected, (x, weight), grad)):
         torch.testing.assert_close(a, e, atol=1e-10, rtol=0)
-    assert torch.autograd.gradcheck(lambda a, w: depthwise_conv_frames(a, w, dilation, residual=residual), (x, weight))
+    assert torch.autograd.gradcheck(fast, (x, weight))
 
 
 def test_depthwise_conv_frames_without_autograd_and_rejects_even_kernels():
     x = torch.randn(2, 30, 6)
     weight = torch.randn(6, 1, 5)
     with torch.inference_mode():
-        torch.testing.assert_close(depthwise_conv_frames(x, weight, 2, residual=True),
+        torch.testing.assert_close(depthwise_conv_frames(x, with_identity_tap(weight), 2),
                                    _plain_depthwise(x, weight, 2) + x, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match='odd kernel'):
         depthwise_conv_frames(x, torch.randn(6, 1, 4))
