@@ -7,6 +7,7 @@ Axis legend used in shape comments:
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -80,7 +81,7 @@ def channel_norm(kind: str, channels: int) -> nn.Module:
 # has a fast depthwise kernel (about 35x faster here, identical results).  Its
 # weight gradient on that layout is slow, so on the CPU a custom backward computes
 # the input gradient as the same fast convolution with the flipped kernel and the
-# weight gradient as a convolution of the input with the output gradient.
+# weight gradient as one batched GEMM over blocks of frames (_depthwise_weight_grad).
 
 
 def _frames_as_nhwc(x: torch.Tensor) -> torch.Tensor:
@@ -97,6 +98,50 @@ def _depthwise_nhwc(x: torch.Tensor, weight: torch.Tensor, padding: int, dilatio
     out = F.conv2d(_frames_as_nhwc(x.contiguous()), weight.unsqueeze(2), padding=(0, padding),
                    dilation=(1, dilation), groups=weight.shape[0])  # [B, C, 1, L]
     return out.squeeze(2).transpose(1, 2)  # [B, L, C], contiguous
+
+
+def _channels_first(x: torch.Tensor, front: int, total: int, tile: int = 64) -> torch.Tensor:
+    """[B, L, C] -> [B, C, total] with `front` zero frames before x and zeros after it, in float32 or wider.
+
+    The transposing copy goes in tiles of frames: one strided copy of a [4000, 2048] tensor
+    takes about 25 ms here, tiles of 64 frames 6 ms.
+    """
+    b, num_frames, channels = x.shape
+    out = torch.empty(b, channels, total, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
+    out[..., :front] = 0
+    out[..., front + num_frames:] = 0
+    for start in range(0, num_frames, tile):
+        stop = min(start + tile, num_frames)
+        out[..., front + start:front + stop].copy_(x[:, start:stop].transpose(1, 2))
+    return out
+
+
+def _depthwise_weight_grad(x: torch.Tensor, grad: torch.Tensor, kernel: int, padding: int, dilation: int,
+                           block: int = 16) -> torch.Tensor:
+    """d loss / d weight [C, 1, K] of the 'same' depthwise conv of x [B, L, C], given its output gradient.
+
+    grad_w[c, k] = sum_{b, t} grad[b, t, c] * x_padded[b, t + k d, c]. Direct, that is a
+    reduction over frames per channel and tap, which runs as a long-kernel convolution at a few
+    GFLOP/s. Cut the frames into blocks of `block`: per channel, the products of every frame of
+    a block with every frame of its window (the block plus the kernel's reach) form a small
+    matrix, summed over blocks by one batched GEMM ([C, block, blocks] x [C, blocks, window]);
+    tap k is then the sum of that matrix's k-th diagonal: 2.5x faster here. Computed in float32
+    or wider (also under bf16).
+    """
+    b, num_frames, channels = x.shape
+    blocks = -(-num_frames // block)
+    padded = blocks * block
+    window = block + (kernel - 1) * dilation
+    length = padded + (kernel - 1) * dilation
+    with float32_region(x):
+        grad_t = _channels_first(grad, 0, padded)  # [B, C, blocks * block]
+        x_t = _channels_first(x, padding, length)  # [B, C, length]
+        windows = x_t.as_strided((b, channels, blocks, window), (channels * length, length, block, 1))
+        windows = windows.permute(1, 0, 2, 3).reshape(channels, b * blocks, window)  # [C, B*blocks, window]
+        grads = grad_t.view(b, channels, blocks, block).permute(1, 3, 0, 2).reshape(channels, block, b * blocks)
+        products = torch.bmm(grads, windows)  # [C, block, window]: frame s of a block times frame w of its window
+        taps = products.as_strided((channels, kernel, block), (block * window, dilation, window + 1))
+        return taps.sum(-1).unsqueeze(1)  # [C, 1, K]
 
 
 class _DepthwiseFramesConv(torch.autograd.Function):
@@ -120,16 +165,7 @@ class _DepthwiseFramesConv(torch.autograd.Function):
             # d out[t] / d x[s] = w[(s - t + p) / d]: the same conv with the kernel flipped
             grad_x = _depthwise_nhwc(grad, weight.flip(-1), ctx.padding, ctx.dilation)
         if ctx.needs_input_grad[1]:
-            # grad_w[c, k] = sum_{b,t} grad[b, t, c] * x[b, t + k*d - p, c]: per batch item, a conv of x
-            # (one group per channel) with that item's grad as the kernel, stride d
-            channels, kernel = x.shape[-1], weight.shape[-1]
-            grad_w = None
-            for item in range(x.shape[0]):
-                inputs = _frames_as_nhwc(x[item:item + 1])  # [1, C, 1, L]
-                taps = grad[item].t().reshape(channels, 1, 1, -1)  # [C, 1, 1, L]
-                part = F.conv2d(inputs, taps, padding=(0, ctx.padding), stride=(1, ctx.dilation), groups=channels)
-                grad_w = part if grad_w is None else grad_w + part
-            grad_w = grad_w.reshape(channels, 1, -1)[..., :kernel].to(weight.dtype)  # [C, 1, K]
+            grad_w = _depthwise_weight_grad(x, grad, weight.shape[-1], ctx.padding, ctx.dilation).to(weight.dtype)
         return grad_x, grad_w, None, None
 
 
@@ -158,6 +194,56 @@ def depthwise_conv_frames(x: torch.Tensor, weight: torch.Tensor, dilation: int =
     if x.device.type == 'cpu' and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return _DepthwiseFramesConv.apply(x, weight, padding, 1)
     return _depthwise_nhwc(x, weight, padding, 1)
+
+
+# ---------------------------------------------------------------------------
+# dropout with a cheaper CPU mask
+# ---------------------------------------------------------------------------
+#
+# On a CPU, torch's dropout draws one Bernoulli number per element from a serial generator
+# and keeps a float mask: 55 ms for a [4000, 2048] tensor here, twenty times the multiply it
+# guards. Here each element gets 16 random bits, four per 64-bit draw (8 ms for the same
+# tensor), the mask is a bool tensor (a quarter of the memory), and the kept values are scaled
+# by the exact inverse of the keep rate: the drop rate is p rounded to a multiple of 1/65536.
+
+_INT64_MIN = -2 ** 63
+
+
+def keep_mask(shape: Tuple[int, ...], p: float, device: torch.device) -> Tuple[torch.Tensor, float]:
+    """A random bool mask, True with probability 1 - p (p rounded to 1/65536), and 1 / that probability."""
+    dropped = round(p * 65536)
+    count = math.prod(shape)
+    words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device).random_(_INT64_MIN, None)
+    draws = words.view(torch.int16)[:count].view(shape)  # uniform over the 65536 int16 values
+    return draws >= dropped - 32768, 65536 / (65536 - dropped)
+
+
+class _Dropout(torch.autograd.Function):
+    """x * keep / P(keep), keeping the bool mask for the backward pass."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        keep, scale = keep_mask(x.shape, p, x.device)
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return torch.where(keep, x * scale, 0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        keep, = ctx.saved_tensors
+        return torch.where(keep, grad * ctx.scale, 0), None
+
+
+def dropout(x: torch.Tensor, module: nn.Dropout) -> torch.Tensor:
+    """`module(x)` for an nn.Dropout, with the cheaper mask on a CPU (elsewhere torch's own fused kernel)."""
+    if not module.training or module.p == 0:
+        return x
+    if x.device.type != 'cpu' or module.inplace:
+        return module(x)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _Dropout.apply(x, module.p)
+    keep, scale = keep_mask(x.shape, module.p, x.device)
+    return torch.where(keep, x * scale, 0)
 
 
 # ---------------------------------------------------------------------------
@@ -248,7 +334,7 @@ class ConvProjection(nn.Module):
     def _activate(self, h: torch.Tensor) -> torch.Tensor:
         h = F.silu(h, inplace=not torch.is_grad_enabled())  # [B, L, out]
         h = depthwise_conv_frames(h, with_identity_tap(self.dwconv.weight))  # h + dwconv(h): one conv
-        return self.dropout(h)
+        return dropout(h, self.dropout)
 
 
 def with_identity_tap(weight: torch.Tensor) -> torch.Tensor:
@@ -333,15 +419,35 @@ def offset_scale_rotary(qk: torch.Tensor, gamma: torch.Tensor, beta: torch.Tenso
 
 def _token_shift(x: torch.Tensor) -> torch.Tensor:
     """The first half of the channels from the previous frame (zeros at frame 0): one copy of x."""
-    half = (x.shape[-1] + 1) // 2  # the size torch.chunk(2) gives the first piece
     if torch.is_grad_enabled() and x.requires_grad:
-        shifted, passed = x[..., :half], x[..., half:]
-        return torch.cat((F.pad(shifted, (0, 0, 1, -1)), passed), dim=-1)
-    out = torch.empty_like(x)
-    out[:, :1, :half] = 0
-    out[:, 1:, :half] = x[:, :-1, :half]
+        return _TokenShift.apply(x)
+    return _shift_first_half(x, 1)
+
+
+def _shift_first_half(x: torch.Tensor, step: int) -> torch.Tensor:
+    """out[:, t, :half] = x[:, t - step, :half] (zero outside), out[..., half:] = x[..., half:]; step is 1 or -1."""
+    half = (x.shape[-1] + 1) // 2  # the size torch.chunk(2) gives the first piece
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    if step > 0:
+        out[:, :1, :half] = 0
+        out[:, 1:, :half] = x[:, :-1, :half]
+    else:
+        out[:, -1:, :half] = 0
+        out[:, :-1, :half] = x[:, 1:, :half]
     out[..., half:] = x[..., half:]
     return out
+
+
+class _TokenShift(torch.autograd.Function):
+    """Token shift whose gradient is the opposite shift (autograd's slices would zero-fill and copy twice)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return _shift_first_half(x, 1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _shift_first_half(grad, -1)
 
 
 def float32_region(x: torch.Tensor):
@@ -371,6 +477,151 @@ def residual_add(x: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
 
 def _pad_frames(x: torch.Tensor, padding: int) -> torch.Tensor:
     return F.pad(x, (0, 0, 0, padding)) if padding else x
+
+
+def _group_spans(num_frames: int, group_size: int):
+    """(start, stop, size) of the full groups as one span, then of the shorter last group if any."""
+    full = num_frames - num_frames % group_size
+    return ([(0, full, group_size)] if full else []) + ([(full, num_frames, num_frames - full)] if full < num_frames else [])
+
+
+def _attention_dtype(lin_q: torch.Tensor, vu: torch.Tensor) -> torch.dtype:
+    """The dtype of the attention's value GEMMs: autocast's where it is on, else the inputs' common one."""
+    try:
+        if torch.is_autocast_enabled(vu.device.type):
+            return torch.get_autocast_dtype(vu.device.type)
+    except RuntimeError:  # a device type autocast does not know (meta)
+        pass
+    return torch.promote_types(lin_q.dtype, vu.dtype)
+
+
+def _joint_attention_forward(quad_q: torch.Tensor, lin_q: torch.Tensor, quad_k: torch.Tensor, lin_k: torch.Tensor,
+                             vu: torch.Tensor, group_size: int, p: float):
+    """Linear attention over the sequence plus relu^2 attention inside groups: [B, L, H], the
+    linear attention's [B, S, H] key-value summary and the dropout keep-masks (one per span).
+
+    The value GEMMs run in `_attention_dtype` (bfloat16 under bf16 autocast), the within-group
+    scores in the queries' dtype (float32). The last group may be shorter than g: that is what zero
+    padding gives (relu(0)^2 = 0), without copying v and u. The quadratic part is added into the
+    linear one by the same GEMM (beta = 1).
+    """
+    dtype = _attention_dtype(lin_q, vu)
+    b, n, hidden = vu.shape
+    width = quad_q.shape[-1]
+    with float32_region(vu):
+        values = vu.to(dtype)
+        lin_kv = torch.matmul(lin_k.transpose(-1, -2).to(dtype), values) / n  # [B, S, H]
+        out = torch.matmul(lin_q.to(dtype), lin_kv)  # [B, L, H]
+        keeps, scale = [], 1.0
+        for start, stop, size in _group_spans(n, group_size):
+            q = quad_q[:, start:stop].reshape(-1, size, width)  # [B*G, size, S]
+            k = quad_k[:, start:stop].reshape(-1, size, width)
+            attn = torch.bmm(q, k.transpose(1, 2)).div_(group_size).relu_().square_()  # [B*G, size, size]
+            if p > 0:
+                keep, scale = keep_mask(attn.shape, p, attn.device)
+                attn = torch.where(keep, attn * scale, 0)
+                keeps.append(keep)
+            attn = attn.to(dtype)
+            groups = (stop - start) // size
+            for item in range(b):
+                target = out[item, start:stop].view(-1, size, hidden)
+                target.baddbmm_(attn[item * groups:(item + 1) * groups], values[item, start:stop].reshape(-1, size, hidden))
+    return out, lin_kv, keeps, scale
+
+
+class _JointAttention(torch.autograd.Function):
+    """The non-causal joint attention with a hand-written backward.
+
+    Autograd's version of the grouped form pays for its views: each slice of v and u and each
+    in-place add into a view of the output costs a zero-filled [B, L, H] gradient and copies of
+    it in the backward pass. Here every gradient is written once into its own buffer; the
+    within-group scores are recomputed from q and k (6 % of the attention's FLOPs) instead of
+    being saved, and the dropout masks are kept as bool tensors.
+    """
+
+    @staticmethod
+    def forward(ctx, quad_q, lin_q, quad_k, lin_k, vu, group_size: int, p: float):
+        out, lin_kv, keeps, scale = _joint_attention_forward(quad_q, lin_q, quad_k, lin_k, vu, group_size, p)
+        ctx.save_for_backward(quad_q, lin_q, quad_k, lin_k, vu, lin_kv, *keeps)
+        ctx.group_size, ctx.scale, ctx.dtype = group_size, scale, out.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        quad_q, lin_q, quad_k, lin_k, vu, lin_kv, *keeps = ctx.saved_tensors
+        g, dtype = ctx.group_size, ctx.dtype
+        b, n, hidden = vu.shape
+        width = quad_q.shape[-1]
+        with float32_region(vu):
+            d_out = grad_out.to(dtype).contiguous()
+            values = vu.to(dtype)
+            # linear part: out = lin_q @ lin_kv, lin_kv = lin_k^T @ v / n
+            grad_lin_q = torch.matmul(d_out, lin_kv.transpose(-1, -2))  # [B, L, S]
+            d_kv = torch.matmul(lin_q.to(dtype).transpose(-1, -2), d_out).div_(n)  # [B, S, H], with the 1 / n
+            grad_lin_k = torch.matmul(values, d_kv.transpose(-1, -2))  # [B, L, S]
+            grad_vu = torch.matmul(lin_k.to(dtype), d_kv)  # [B, L, H]
+            # quadratic part, span by span: out_group += attn @ v_group
+            grad_quad_q = torch.empty(quad_q.shape, dtype=quad_q.dtype, device=quad_q.device)
+            grad_quad_k = torch.empty(quad_k.shape, dtype=quad_k.dtype, device=quad_k.device)
+            spans = _group_spans(n, g)
+            for index, (start, stop, size) in enumerate(spans):
+                q = quad_q[:, start:stop].reshape(-1, size, width)
+                k = quad_k[:, start:stop].reshape(-1, size, width)
+                scores = torch.bmm(q, k.transpose(1, 2)).div_(g).relu_()  # relu(sim / g): [B*G, size, size]
+                attn = scores.square()
+                keep = keeps[index] if keeps else None
+                if keep is not None:
+                    attn = torch.where(keep, attn * ctx.scale, 0)
+                attn = attn.to(dtype)
+                grad_attn = torch.empty(attn.shape, dtype=dtype, device=attn.device)
+                groups = (stop - start) // size
+                for item in range(b):
+                    rows = slice(item * groups, (item + 1) * groups)
+                    v_item = values[item, start:stop].reshape(-1, size, hidden)  # [G, size, H]
+                    d_item = d_out[item, start:stop].reshape(-1, size, hidden)
+                    torch.bmm(d_item, v_item.transpose(1, 2), out=grad_attn[rows])
+                    grad_vu[item, start:stop].view(-1, size, hidden).baddbmm_(attn[rows].transpose(1, 2), d_item)
+                grad_attn = grad_attn.to(scores.dtype)
+                if keep is not None:
+                    grad_attn = torch.where(keep, grad_attn * ctx.scale, 0)
+                grad_sim = grad_attn.mul_(scores).mul_(2.0 / g)  # d relu(s / g)^2 / ds = 2 relu(s / g) / g
+                grad_quad_q[:, start:stop] = torch.bmm(grad_sim, k).view(b, stop - start, width)
+                grad_quad_k[:, start:stop] = torch.bmm(grad_sim.transpose(1, 2), q).view(b, stop - start, width)
+        return (grad_quad_q, grad_lin_q.to(lin_q.dtype), grad_quad_k, grad_lin_k.to(lin_k.dtype),
+                grad_vu.to(vu.dtype), None, None)
+
+
+class _GatedProduct(torch.autograd.Function):
+    """(att_u * v) * sigmoid(att_v * u) from [B, L, H] vu = (v, u) and att = (att_v, att_u).
+
+    The backward recomputes the two products and writes the gradients of vu and att into one
+    buffer each (autograd's would zero-fill a [B, L, H] buffer per half).
+    """
+
+    @staticmethod
+    def forward(ctx, vu: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+        v, u = vu.chunk(2, dim=-1)
+        att_v, att_u = att.chunk(2, dim=-1)
+        ctx.save_for_backward(vu, att)
+        return (att_u * v).mul_(torch.sigmoid(att_v * u))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        vu, att = ctx.saved_tensors
+        v, u = vu.chunk(2, dim=-1)
+        att_v, att_u = att.chunk(2, dim=-1)
+        gate = torch.sigmoid(att_v * u)
+        grad_vu, grad_att = torch.empty_like(vu), torch.empty_like(att)
+        grad_v, grad_u = grad_vu.chunk(2, dim=-1)
+        grad_att_v, grad_att_u = grad_att.chunk(2, dim=-1)
+        d_product = grad * gate  # d loss / d (att_u * v)
+        torch.mul(d_product, att_u, out=grad_v)
+        torch.mul(d_product, v, out=grad_att_u)
+        d_logit = (att_u * v).mul_(grad).mul_(gate).mul_(1 - gate)  # d loss / d (att_v * u)
+        torch.mul(d_logit, u, out=grad_att_v)
+        torch.mul(d_logit, att_v, out=grad_u)
+        return grad_vu, grad_att
+
 
 
 class GatedAttentionUnit(nn.Module):
@@ -430,13 +681,12 @@ class GatedAttentionUnit(nn.Module):
         att = self._joint_attention(quad_q, lin_q, quad_k, lin_k, vu)  # [B, L, H]
 
         # gate, project out and residual
-        half = vu.shape[-1] // 2
-        v, u = vu[..., :half], vu[..., half:]
-        att_v, att_u = att[..., :half], att[..., half:]
         if torch.is_grad_enabled():
-            out = (att_u * v) * torch.sigmoid(att_v * u)
+            out = _GatedProduct.apply(vu, att)  # (att_u * v) * sigmoid(att_v * u)
             return x + self.to_out(out)
         # same product, in the attention's own buffer (no new allocation)
+        v, u = vu.chunk(2, dim=-1)
+        att_v, att_u = att.chunk(2, dim=-1)
         out = att_v.mul_(u).sigmoid_().mul_(att_u).mul_(v)
         return residual_add(x, self.to_out(out))
 
@@ -445,35 +695,11 @@ class GatedAttentionUnit(nn.Module):
         """Quadratic attention within groups + linear attention, on [B, L, S] and [B, L, H] -> [B, L, H]."""
         if self.causal:
             return self._causal_attention(quad_q, lin_q, quad_k, lin_k, vu)
-        b, n, hidden = vu.shape
-        g = self.group_size
-        width = quad_q.shape[-1]
-
-        # linear attention over the whole sequence
-        lin_kv = torch.matmul(lin_k.transpose(-1, -2), vu) / n  # [B, S, H]
-        out = torch.matmul(lin_q, lin_kv)  # [B, L, H]
-
-        # quadratic attention inside groups of g frames (the last one may be shorter: that is
-        # what zero padding would give, as relu(0)^2 = 0, without copying v and u); its output
-        # is added into the linear one by the same GEMM (beta = 1), in place, which autograd
-        # allows because the product that made `out` does not need it for its gradient
-        full = n - n % g
-        spans = ([(0, full, g)] if full else []) + ([(full, n, n - full)] if full < n else [])
-        for start, stop, size in spans:
-            q = quad_q[:, start:stop].reshape(-1, size, width)  # [B*G, size, S]
-            k = quad_k[:, start:stop].reshape(-1, size, width)
-            with float32_region(q):
-                sim = torch.bmm(q, k.transpose(1, 2))  # [B*G, size, size]
-            if torch.is_grad_enabled():
-                attn = self.attn_dropout(F.relu(sim / g) ** 2)
-            else:
-                attn = sim.div_(g).relu_().square_()  # (dropout is the identity here)
-            attn = attn.reshape(b, -1, size, size)
-            for item in range(b):
-                values = vu[item, start:stop].reshape(-1, size, hidden)  # [G, size, H]
-                target = out[item, start:stop].view(-1, size, hidden)
-                target.baddbmm_(attn[item].to(target.dtype), values.to(target.dtype))
-        return out
+        p = self.attn_dropout.p if self.training else 0.0
+        inputs = (quad_q, lin_q, quad_k, lin_k, vu)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+            return _JointAttention.apply(*inputs, self.group_size, p)
+        return _joint_attention_forward(*inputs, self.group_size, p)[0]
 
     def _causal_attention(self, quad_q: torch.Tensor, lin_q: torch.Tensor, quad_k: torch.Tensor,
                           lin_k: torch.Tensor, vu: torch.Tensor) -> torch.Tensor:
@@ -618,8 +844,8 @@ class GatedFSMN(nn.Module):
         h = F.silu(F.linear(normalised, torch.cat(weights), torch.cat(biases)), inplace=not torch.is_grad_enabled())
         kernels = torch.cat((with_identity_tap(to_v.dwconv.weight), with_identity_tap(to_u.dwconv.weight)))
         h = depthwise_conv_frames(h, kernels)  # [B, L, 2 * dim]
-        dim = h.shape[-1] // 2
-        return to_v.dropout(h[..., :dim]), to_u.dropout(h[..., dim:])
+        v, u = h.chunk(2, dim=-1)  # (chunk's backward is one concatenation; slices' would zero-fill twice)
+        return dropout(v, to_v.dropout), dropout(u, to_u.dropout)
 
 
 class RecurrentModule(nn.Module):

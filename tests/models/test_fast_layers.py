@@ -93,3 +93,114 @@ def test_bf16_depthwise_conv_on_narrow_layers_finishes_and_is_close(channels):
     for result in (low, autocast):
         assert result.shape == expected.shape
         torch.testing.assert_close(result.float(), expected, atol=0.15 * float(expected.abs().max()), rtol=0)
+
+
+def _span_reference(q1, q2, k1, k2, vu, group_size, masks, scale):
+    """The joint attention written out with autograd ops, span by span, dropping with the given masks."""
+    frames = vu.shape[1]
+    out = torch.matmul(q2, torch.matmul(k2.transpose(-1, -2), vu) / frames)
+    full = frames - frames % group_size
+    spans = [(0, full, group_size)] if full else []
+    if full < frames:
+        spans.append((full, frames, frames - full))
+    parts = []
+    for index, (start, stop, size) in enumerate(spans):
+        q = q1[:, start:stop].reshape(-1, size, q1.shape[-1])
+        k = k1[:, start:stop].reshape(-1, size, k1.shape[-1])
+        attn = F.relu(torch.bmm(q, k.transpose(1, 2)) / group_size) ** 2
+        if masks:
+            attn = attn * masks[index] * scale
+        v = vu[:, start:stop].reshape(-1, size, vu.shape[-1])
+        parts.append(torch.bmm(attn, v).reshape(vu.shape[0], stop - start, -1))
+    return out + torch.cat(parts, dim=1)
+
+
+def _attention_inputs(frames, dtype=torch.float64, batch=2, width=4, hidden=6):
+    generator = torch.Generator().manual_seed(frames)
+    return [torch.randn(batch, frames, n, dtype=dtype, generator=generator, requires_grad=True)
+            for n in (width, width, width, width, hidden)]
+
+
+@pytest.mark.parametrize('frames', [16, 21, 5])
+def test_joint_attention_backward_matches_autograd_and_gradcheck(frames):
+    block = GatedAttentionUnit(8, None, group_size=8, query_key_dim=4, expansion_factor=0.75).double().eval()
+    inputs = _attention_inputs(frames)
+    actual = block._joint_attention(*inputs)
+    expected = _span_reference(*inputs, 8, [], 1.0)
+    torch.testing.assert_close(actual, expected, atol=1e-12, rtol=0)
+    grad = torch.randn(actual.shape, dtype=torch.float64)
+    for a, e in zip(torch.autograd.grad(actual, inputs, grad), torch.autograd.grad(expected, inputs, grad)):
+        torch.testing.assert_close(a, e, atol=1e-10, rtol=0)
+    assert torch.autograd.gradcheck(lambda *t: block._joint_attention(*t), inputs)
+
+
+def test_joint_attention_dropout_uses_one_mask_in_forward_and_backward(monkeypatch):
+    from modelscope_mossformer.models import layers
+
+    drawn = []
+    real_keep_mask = layers.keep_mask
+
+    def recorded(shape, p, device):
+        keep, scale = real_keep_mask(shape, p, device)
+        drawn.append((keep, scale))
+        return keep, scale
+
+    monkeypatch.setattr(layers, 'keep_mask', recorded)
+    block = GatedAttentionUnit(8, None, group_size=8, query_key_dim=4, expansion_factor=0.75, dropout=0.3).double()
+    block.train()
+    inputs = _attention_inputs(21)  # one span of two full groups, one of five frames
+    actual = block._joint_attention(*inputs)
+    assert [keep.shape for keep, _ in drawn] == [(4, 8, 8), (2, 5, 5)]
+    masks, scale = [keep for keep, _ in drawn], drawn[0][1]
+    assert 0 < sum(int((~m).sum()) for m in masks) < sum(m.numel() for m in masks)  # some dropped, not all
+    expected = _span_reference(*inputs, 8, masks, scale)
+    torch.testing.assert_close(actual, expected, atol=1e-12, rtol=0)
+    grad = torch.randn(actual.shape, dtype=torch.float64)
+    for a, e in zip(torch.autograd.grad(actual, inputs, grad), torch.autograd.grad(expected, inputs, grad)):
+        torch.testing.assert_close(a, e, atol=1e-10, rtol=0)
+
+
+def test_gated_product_and_token_shift_backward_pass_gradcheck():
+    from modelscope_mossformer.models.layers import _GatedProduct, _TokenShift
+
+    generator = torch.Generator().manual_seed(5)
+    vu, att = (torch.randn(2, 7, 6, dtype=torch.float64, generator=generator, requires_grad=True) for _ in range(2))
+    v, u = vu.chunk(2, dim=-1)
+    att_v, att_u = att.chunk(2, dim=-1)
+    torch.testing.assert_close(_GatedProduct.apply(vu, att), (att_u * v) * torch.sigmoid(att_v * u),
+                               atol=1e-14, rtol=0)
+    assert torch.autograd.gradcheck(_GatedProduct.apply, (vu, att))
+
+    x = torch.randn(2, 5, 7, dtype=torch.float64, generator=generator, requires_grad=True)
+    shifted, passed = x.chunk(2, dim=-1)  # the first, larger piece comes from the previous frame
+    expected = torch.cat((F.pad(shifted, (0, 0, 1, -1)), passed), dim=-1)
+    torch.testing.assert_close(_TokenShift.apply(x), expected, atol=0, rtol=0)
+    assert torch.autograd.gradcheck(_TokenShift.apply, (x,))
+
+
+def test_dropout_keeps_one_minus_p_unbiased_and_its_gradient_is_the_same_mask():
+    from modelscope_mossformer.models.layers import dropout, keep_mask
+
+    module = torch.nn.Dropout(0.1).train()
+    count = 1 << 20
+    x = torch.ones(count, requires_grad=True)
+    torch.manual_seed(0)
+    y = dropout(x, module)
+    kept = y != 0
+    # binomial: the kept fraction has standard deviation sqrt(p (1 - p) / n) = 2.9e-4; allow 6 of them
+    assert abs(kept.double().mean().item() - 0.9) < 6 * (0.09 / count) ** 0.5
+    # kept values are scaled by 1 / P(keep) for the rounded rate: the mean stays 1 within the same bound
+    _, scale = keep_mask((1,), 0.1, x.device)
+    assert scale == 65536 / (65536 - round(0.1 * 65536))
+    assert torch.all(y[kept] == scale)
+    assert abs(y.double().mean().item() - 1.0) < 6 * scale * (0.09 / count) ** 0.5
+    (grad,) = torch.autograd.grad(y, x, torch.full_like(y, 2.0))
+    assert torch.equal(grad, torch.where(kept, 2.0 * scale, 0.0))
+    # the global generator decides the mask, with or without autograd; eval mode and p = 0 are the identity
+    torch.manual_seed(0)
+    with torch.no_grad():
+        assert torch.equal(dropout(x, module), y)
+    assert dropout(x, torch.nn.Dropout(0.1).eval()) is x
+    assert dropout(x, torch.nn.Dropout(0.0).train()) is x
+    keep, _ = keep_mask((3, 5), 0.5, x.device)
+    assert keep.shape == (3, 5) and keep.dtype == torch.bool
