@@ -15,8 +15,8 @@ Sections (``--sections``, all by default):
   the bf16 output against our fp32 output, on the timing input and (for inputs under 30 s)
   on a two-talker synthetic speech mixture with the default weights and with every
   parameter perturbed by 0.05 N(0, 1).
-* ``train``: one training step (forward + backward of the mean squared output, batch 1,
-  4 s segments as in the released recipe, dropout on): ours vs the reference, ours in
+* ``train``: one training step (forward + backward of the mean squared output + an Adam
+  update, batch 1, 4 s segments as in the released recipe, dropout on): ours vs the reference, ours in
   bf16 autocast, and ours with activation checkpointing; the largest relative gradient
   difference to the reference (dropout off for that check).
 * ``memory`` (run first): peak resident memory of a training step (forward + backward) for 2 s and
@@ -222,11 +222,15 @@ def bench_inference(name: str, lengths: List[float], repeats: int, with_bf16: bo
     return rows
 
 
-def _step(model: torch.nn.Module, forward: Callable, mix: torch.Tensor, bf16: bool = False) -> None:
+def _step(model: torch.nn.Module, forward: Callable, mix: torch.Tensor, bf16: bool = False,
+          optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+    """One training step: forward, backward and, given an optimizer, its update (the trainer's Adam)."""
     model.zero_grad(set_to_none=True)
     with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
         out = forward(mix)
     out.float().pow(2).mean().backward()
+    if optimizer is not None:
+        optimizer.step()
 
 
 def bench_train(name: str, seconds: float, repeats: int) -> Dict[str, Any]:
@@ -241,17 +245,20 @@ def bench_train(name: str, seconds: float, repeats: int) -> Dict[str, Any]:
     worst = max(float((actual - expected).norm() / expected.norm().clamp(min=1e-12))
                 for _, actual, expected in paired_gradients(ours, reference))
     ours.train(), reference.train()
+    # Adam as the trainer builds it (a small rate: the timed steps should not push the weights far)
+    adam_ours, adam_reference = (torch.optim.Adam(m.parameters(), lr=1e-6) for m in (ours, reference))
 
     def checkpointed():
         ours.activation_checkpointing = True
         try:
-            _step(ours, ours, mix)
+            _step(ours, ours, mix, optimizer=adam_ours)
         finally:
             ours.activation_checkpointing = False
 
-    fns = {'ours': lambda: _step(ours, ours, mix),
-           'reference': lambda: _step(reference, lambda m: reference_forward(reference, m), mix),
-           'ours_bf16': lambda: _step(ours, ours, mix, bf16=True),
+    fns = {'ours': lambda: _step(ours, ours, mix, optimizer=adam_ours),
+           'reference': lambda: _step(reference, lambda m: reference_forward(reference, m), mix,
+                                      optimizer=adam_reference),
+           'ours_bf16': lambda: _step(ours, ours, mix, bf16=True, optimizer=adam_ours),
            'ours_checkpointed': checkpointed}
     for fn in fns.values():
         fn()  # warm-up

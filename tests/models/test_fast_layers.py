@@ -138,22 +138,20 @@ def test_joint_attention_dropout_uses_one_mask_in_forward_and_backward(monkeypat
     from modelscope_mossformer.models import layers
 
     drawn = []
-    real_keep_mask = layers.keep_mask
+    real_dropout_mask = layers.dropout_mask
 
-    def recorded(shape, p, device):
-        keep, scale = real_keep_mask(shape, p, device)
-        drawn.append((keep, scale))
-        return keep, scale
+    def recorded(shape, p, like):
+        drawn.append(real_dropout_mask(shape, p, like))
+        return drawn[-1]
 
-    monkeypatch.setattr(layers, 'keep_mask', recorded)
+    monkeypatch.setattr(layers, 'dropout_mask', recorded)
     block = GatedAttentionUnit(8, None, group_size=8, query_key_dim=4, expansion_factor=0.75, dropout=0.3).double()
     block.train()
     inputs = _attention_inputs(21)  # one span of two full groups, one of five frames
     actual = block._joint_attention(*inputs)
-    assert [keep.shape for keep, _ in drawn] == [(4, 8, 8), (2, 5, 5)]
-    masks, scale = [keep for keep, _ in drawn], drawn[0][1]
-    assert 0 < sum(int((~m).sum()) for m in masks) < sum(m.numel() for m in masks)  # some dropped, not all
-    expected = _span_reference(*inputs, 8, masks, scale)
+    assert [mask.shape for mask in drawn] == [(4, 8, 8), (2, 5, 5)]
+    assert 0 < sum(int((m == 0).sum()) for m in drawn) < sum(m.numel() for m in drawn)  # some dropped, not all
+    expected = _span_reference(*inputs, 8, drawn, 1.0)
     torch.testing.assert_close(actual, expected, atol=1e-12, rtol=0)
     grad = torch.randn(actual.shape, dtype=torch.float64)
     for a, e in zip(torch.autograd.grad(actual, inputs, grad), torch.autograd.grad(expected, inputs, grad)):
@@ -179,7 +177,7 @@ def test_gated_product_and_token_shift_backward_pass_gradcheck():
 
 
 def test_dropout_keeps_one_minus_p_unbiased_and_its_gradient_is_the_same_mask():
-    from modelscope_mossformer.models.layers import dropout, keep_mask
+    from modelscope_mossformer.models.layers import dropout, dropout_mask, keep_mask
 
     module = torch.nn.Dropout(0.1).train()
     count = 1 << 20
@@ -192,10 +190,10 @@ def test_dropout_keeps_one_minus_p_unbiased_and_its_gradient_is_the_same_mask():
     # kept values are scaled by 1 / P(keep) for the rounded rate: the mean stays 1 within the same bound
     _, scale = keep_mask((1,), 0.1, x.device)
     assert scale == 65536 / (65536 - round(0.1 * 65536))
-    assert torch.all(y[kept] == scale)
+    assert torch.all(y[kept] == torch.tensor(scale, dtype=torch.float32))
     assert abs(y.double().mean().item() - 1.0) < 6 * scale * (0.09 / count) ** 0.5
     (grad,) = torch.autograd.grad(y, x, torch.full_like(y, 2.0))
-    assert torch.equal(grad, torch.where(kept, 2.0 * scale, 0.0))
+    assert torch.equal(grad, torch.where(kept, 2.0 * torch.tensor(scale, dtype=torch.float32), 0.0))
     # the global generator decides the mask, with or without autograd; eval mode and p = 0 are the identity
     torch.manual_seed(0)
     with torch.no_grad():
@@ -204,3 +202,9 @@ def test_dropout_keeps_one_minus_p_unbiased_and_its_gradient_is_the_same_mask():
     assert dropout(x, torch.nn.Dropout(0.0).train()) is x
     keep, _ = keep_mask((3, 5), 0.5, x.device)
     assert keep.shape == (3, 5) and keep.dtype == torch.bool
+    # bfloat16 input: the scale is applied in float32 and the product rounded once (no 0.2 % bias)
+    torch.manual_seed(1)
+    low = dropout(torch.full((4096,), 3.0, dtype=torch.bfloat16), module)
+    assert low.dtype == torch.bfloat16
+    assert torch.all((low == 0) | (low == torch.tensor(3.0 * scale).to(torch.bfloat16)))
+    assert dropout_mask((4,), 0.1, low).dtype == torch.float32
