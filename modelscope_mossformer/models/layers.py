@@ -203,8 +203,8 @@ def depthwise_conv_frames(x: torch.Tensor, weight: torch.Tensor, dilation: int =
 # 55 ms for a [4000, 2048] tensor here, twenty times the multiply it guards. Here each element
 # gets 16 random bits, four per 64-bit draw (8 ms for the same tensor), and the kept values are
 # scaled by the exact inverse of the keep rate: the drop rate is p rounded to a multiple of
-# 1/65536. The mask is kept as a tensor of 0 and 1 / P(keep), as torch keeps its own:
-# applying it is one multiply (torch.where with a bool mask is 5x slower here).
+# 1/65536. The mask is kept in the input's dtype, as torch keeps its own: applying it is one
+# multiply in float32 (torch.where with a bool mask is 5x slower here), two in bfloat16.
 
 _INT64_MIN = -2 ** 63
 
@@ -218,16 +218,22 @@ def keep_mask(shape: Tuple[int, ...], p: float, device: torch.device) -> Tuple[t
     return draws >= dropped - 32768, 65536 / (65536 - dropped)
 
 
-def dropout_mask(shape: Tuple[int, ...], p: float, like: torch.Tensor) -> torch.Tensor:
-    """keep_mask as multipliers, 0 where dropped and 1 / P(keep) where kept, in float32 or like's wider dtype
-    (in bfloat16, 1 / 0.9 would round to 1.109: a 0.2 % bias on every kept value)."""
+def dropout_mask(shape: Tuple[int, ...], p: float, like: torch.Tensor) -> Tuple[torch.Tensor, float]:
+    """A dropout mask in like's dtype and the scale still to apply with it.
+
+    In float32 and wider the mask holds 0 and 1 / P(keep) (scale 1). In bfloat16 and float16,
+    where 1 / 0.9 would round to 1.109 (a 0.2 % bias on every kept value), it holds 0 and 1, and
+    the scale is applied as a scalar, which PyTorch computes in float32 and rounds once.
+    """
     keep, scale = keep_mask(shape, p, like.device)
-    return keep.to(torch.promote_types(like.dtype, torch.float32)).mul_(scale)
+    if like.dtype in (torch.float32, torch.float64):
+        return keep.to(like.dtype).mul_(scale), 1.0
+    return keep.to(like.dtype), scale
 
 
-def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """x * mask in x's dtype, computed in the mask's (one pass, rounded once)."""
-    return torch.mul(x, mask, out=torch.empty_like(x, memory_format=torch.contiguous_format))
+def apply_mask(x: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """x * mask * scale for a `dropout_mask` (a new tensor)."""
+    return x * mask if scale == 1.0 else x.mul(scale).mul_(mask)
 
 
 class _Dropout(torch.autograd.Function):
@@ -235,14 +241,14 @@ class _Dropout(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        mask = dropout_mask(x.shape, p, x)
+        mask, ctx.scale = dropout_mask(x.shape, p, x)
         ctx.save_for_backward(mask)
-        return _masked(x, mask)
+        return apply_mask(x, mask, ctx.scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         mask, = ctx.saved_tensors
-        return _masked(grad, mask), None
+        return apply_mask(grad, mask.to(grad.dtype), ctx.scale), None
 
 
 def dropout(x: torch.Tensor, module: nn.Dropout) -> torch.Tensor:
@@ -253,7 +259,7 @@ def dropout(x: torch.Tensor, module: nn.Dropout) -> torch.Tensor:
         return module(x)
     if torch.is_grad_enabled() and x.requires_grad:
         return _Dropout.apply(x, module.p)
-    return _masked(x, dropout_mask(x.shape, module.p, x))
+    return apply_mask(x, *dropout_mask(x.shape, module.p, x))
 
 
 # ---------------------------------------------------------------------------
@@ -527,8 +533,8 @@ def _joint_attention_forward(quad_q: torch.Tensor, lin_q: torch.Tensor, quad_k: 
             q = quad_q[:, start:stop].reshape(-1, size, width)  # [B*G, size, S]
             k = quad_k[:, start:stop].reshape(-1, size, width)
             attn = torch.bmm(q, k.transpose(1, 2)).div_(group_size).relu_().square_()  # [B*G, size, size]
-            if p > 0:
-                masks.append(dropout_mask(attn.shape, p, attn))
+            if p > 0:  # (attn is float32 or wider: the mask carries the scale)
+                masks.append(dropout_mask(attn.shape, p, attn)[0])
                 attn.mul_(masks[-1])
             attn = attn.to(dtype)
             groups = (stop - start) // size
@@ -600,38 +606,54 @@ class _JointAttention(torch.autograd.Function):
                 grad_vu.to(vu.dtype), None, None)
 
 
+def frame_chunks(num_frames: int, size: int = 256):
+    """(start, stop) of consecutive frame ranges of at most `size` frames.
+
+    Elementwise chains over [B, L, H] tensors run chunk by chunk: each chunk's temporaries
+    (a [256, 1024] float32 slab is 1 MB) stay in the core's cache and their memory is reused,
+    where whole-tensor temporaries go to main memory and, freshly allocated, fault in every page.
+    """
+    return [(start, min(start + size, num_frames)) for start in range(0, num_frames, size)]
+
+
 class _GatedProduct(torch.autograd.Function):
     """(att_u * v) * sigmoid(att_v * u) from [B, L, H] vu = (v, u) and att = (att_v, att_u).
 
-    The backward recomputes the two products and writes the gradients of vu and att into one
-    buffer each (autograd's would zero-fill a [B, L, H] buffer per half).
+    Forward and backward run chunk by chunk over frames (`frame_chunks`); the backward
+    recomputes the two products and writes the gradients of vu and att into one buffer each
+    (autograd's would zero-fill a [B, L, H] buffer per half).
     """
 
     @staticmethod
     def forward(ctx, vu: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
-        v, u = vu.chunk(2, dim=-1)
-        att_v, att_u = att.chunk(2, dim=-1)
         ctx.save_for_backward(vu, att)
-        return (att_u * v).mul_(torch.sigmoid(att_v * u))
+        b, n, hidden = vu.shape
+        out = torch.empty((b, n, hidden // 2), dtype=torch.promote_types(vu.dtype, att.dtype), device=vu.device)
+        for start, stop in frame_chunks(n):
+            v, u = vu[:, start:stop].chunk(2, dim=-1)
+            att_v, att_u = att[:, start:stop].chunk(2, dim=-1)
+            torch.mul(att_u, v, out=out[:, start:stop]).mul_(torch.sigmoid(att_v * u))
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         vu, att = ctx.saved_tensors
-        v, u = vu.chunk(2, dim=-1)
-        att_v, att_u = att.chunk(2, dim=-1)
-        gate = torch.sigmoid(att_v * u)
         grad_vu, grad_att = torch.empty_like(vu), torch.empty_like(att)
-        grad_v, grad_u = grad_vu.chunk(2, dim=-1)
-        grad_att_v, grad_att_u = grad_att.chunk(2, dim=-1)
-        d_product = grad * gate  # d loss / d (att_u * v)
-        torch.mul(d_product, att_u, out=grad_v)
-        torch.mul(d_product, v, out=grad_att_u)
-        d_logit = (att_u * v).mul_(grad).mul_(gate).mul_(1 - gate)  # d loss / d (att_v * u)
-        torch.mul(d_logit, u, out=grad_att_v)
-        torch.mul(d_logit, att_v, out=grad_u)
+        for start, stop in frame_chunks(vu.shape[1]):
+            v, u = vu[:, start:stop].chunk(2, dim=-1)
+            att_v, att_u = att[:, start:stop].chunk(2, dim=-1)
+            grad_v, grad_u = grad_vu[:, start:stop].chunk(2, dim=-1)
+            grad_att_v, grad_att_u = grad_att[:, start:stop].chunk(2, dim=-1)
+            g = grad[:, start:stop]
+            gate = torch.mul(att_v, u).sigmoid_()
+            d_product = g * gate  # d loss / d (att_u * v)
+            torch.mul(d_product, att_u, out=grad_v)
+            torch.mul(d_product, v, out=grad_att_u)
+            d_logit = torch.mul(att_u, v).mul_(g).mul_(gate)  # d loss / d (att_v * u) = g p s (1 - s) ...
+            d_logit.addcmul_(d_logit, gate, value=-1)  # ... as g p s - (g p s) s
+            torch.mul(d_logit, u, out=grad_att_v)
+            torch.mul(d_logit, att_v, out=grad_u)
         return grad_vu, grad_att
-
-
 
 class GatedAttentionUnit(nn.Module):
     """MossFormer block: FLASH-style gated single-head attention with convolutions.

@@ -141,8 +141,10 @@ def test_joint_attention_dropout_uses_one_mask_in_forward_and_backward(monkeypat
     real_dropout_mask = layers.dropout_mask
 
     def recorded(shape, p, like):
-        drawn.append(real_dropout_mask(shape, p, like))
-        return drawn[-1]
+        mask, scale = real_dropout_mask(shape, p, like)
+        assert scale == 1.0  # the scores are float64 here: the mask carries the scale
+        drawn.append(mask)
+        return mask, scale
 
     monkeypatch.setattr(layers, 'dropout_mask', recorded)
     block = GatedAttentionUnit(8, None, group_size=8, query_key_dim=4, expansion_factor=0.75, dropout=0.3).double()
@@ -207,4 +209,9 @@ def test_dropout_keeps_one_minus_p_unbiased_and_its_gradient_is_the_same_mask():
     low = dropout(torch.full((4096,), 3.0, dtype=torch.bfloat16), module)
     assert low.dtype == torch.bfloat16
     assert torch.all((low == 0) | (low == torch.tensor(3.0 * scale).to(torch.bfloat16)))
-    assert dropout_mask((4,), 0.1, low).dtype == torch.float32
+    mask, low_scale = dropout_mask((4,), 0.1, low)
+    assert mask.dtype == torch.bfloat16 and low_scale == scale and set(mask.tolist()) <= {0.0, 1.0}
+    ones = torch.ones(4096, dtype=torch.bfloat16, requires_grad=True)
+    out = dropout(ones, module)
+    (low_grad,) = torch.autograd.grad(out, ones, torch.ones_like(out))
+    assert torch.equal(low_grad, out)  # the same mask and scale in the backward pass
