@@ -72,7 +72,7 @@ def train(model: torch.nn.Module, batches: List[torch.Tensor], bf16: bool, lr: f
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 

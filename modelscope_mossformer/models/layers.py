@@ -100,14 +100,14 @@ def _depthwise_nhwc(x: torch.Tensor, weight: torch.Tensor, padding: int, dilatio
     return out.squeeze(2).transpose(1, 2)  # [B, L, C], contiguous
 
 
-def _channels_first(x: torch.Tensor, front: int, total: int, tile: int = 64) -> torch.Tensor:
-    """[B, L, C] -> [B, C, total] with `front` zero frames before x and zeros after it, in float32 or wider.
+def _channels_first(x: torch.Tensor, front: int, total: int, dtype: torch.dtype, tile: int = 64) -> torch.Tensor:
+    """[B, L, C] -> [B, C, total] in `dtype`, with `front` zero frames before x and zeros after it.
 
     The transposing copy goes in tiles of frames: one strided copy of a [4000, 2048] tensor
     takes about 25 ms here, tiles of 64 frames 6 ms.
     """
     b, num_frames, channels = x.shape
-    out = torch.empty(b, channels, total, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
+    out = torch.empty(b, channels, total, dtype=dtype, device=x.device)
     out[..., :front] = 0
     out[..., front + num_frames:] = 0
     for start in range(0, num_frames, tile):
@@ -126,22 +126,25 @@ def _depthwise_weight_grad(x: torch.Tensor, grad: torch.Tensor, kernel: int, pad
     (K - 1) d: per channel, the products of every frame of a block with every frame of that
     block and the next form a small matrix, summed over all blocks by two batched GEMMs
     ([C, block, blocks] x [C, blocks, block], on views of the channels-first copies); tap k is the
-    sum of that matrix's diagonal at offset k d. 3x faster here; float32 or wider (also under bf16).
+    sum of that matrix's diagonal at offset k d. 3x faster here.
     """
     b, num_frames, channels = x.shape
     reach = (kernel - 1) * dilation
     block = max(reach, 1) * max(1, -(-16 // max(reach, 1)))  # a multiple of the reach, at least 16 frames
     blocks = -(-num_frames // block)
+    # under bf16 autocast the GEMMs take bf16 operands as every other weight gradient does (with
+    # float32 accumulation): the channels-first copies are then half the bytes
+    dtype = x.dtype if torch.is_autocast_enabled(x.device.type) else torch.promote_types(x.dtype, torch.float32)
     with float32_region(x):
-        grad_t = _channels_first(grad, 0, blocks * block).view(b, channels, blocks, block)
-        x_t = _channels_first(x, padding, (blocks + 1) * block).view(b, channels, blocks + 1, block)
+        grad_t = _channels_first(grad, 0, blocks * block, dtype).view(b, channels, blocks, block)
+        x_t = _channels_first(x, padding, (blocks + 1) * block, dtype).view(b, channels, blocks + 1, block)
         products = None  # [C, block, 2 * block]: frame s of a block times frame w of it and the next
         for item in range(b):
             left = grad_t[item].transpose(1, 2)  # [C, block, blocks]
             both = torch.cat((torch.bmm(left, x_t[item, :, :blocks]), torch.bmm(left, x_t[item, :, 1:])), dim=-1)
             products = both if products is None else products.add_(both)
         taps = products.as_strided((channels, kernel, block), (2 * block * block, dilation, 2 * block + 1))
-        return taps.sum(-1).unsqueeze(1)  # [C, 1, K]
+        return taps.sum(-1, dtype=torch.promote_types(dtype, torch.float32)).unsqueeze(1)  # [C, 1, K]
 
 class _DepthwiseFramesConv(torch.autograd.Function):
     """'same' depthwise conv on [B, L, C] with a fast CPU backward."""
@@ -337,11 +340,14 @@ class ConvProjection(nn.Module):
         saves the pass that scales x, the bias copy and GEMM's read of it, and lets one norm
         serve projections that share an input (the block's hidden and query/key maps).
         """
-        if torch.is_grad_enabled():
-            # training: scaling the (narrower) input keeps the backward's extra passes at dim_in wide;
-            # folding the factor into the output would add two passes over the dim_out-wide gradient
+        if torch.is_grad_enabled() and self.linear.out_features >= self.linear.in_features:
+            # training a widening projection: scaling the (narrower) input keeps the backward's extra
+            # passes at dim_in wide; folding the factor into the output would add two passes over the
+            # dim_out-wide gradient (a narrowing one, as to_out and to_qk, folds it: the output is narrower)
             return self._activate(F.linear(x * row_scale, self.linear.weight, self.linear.bias))
         h = F.linear(x, self.linear.weight)  # [.., L, out]
+        if torch.is_grad_enabled():
+            return self._activate(torch.addcmul(self.linear.bias.to(h.dtype), h, row_scale.to(h.dtype)))
         # in h's dtype: under bf16 autocast, float32 operands would make addcmul compute into a
         # float32 temporary and copy it back (two extra passes over the widest tensor)
         bias, row_scale = self.linear.bias.to(h.dtype), row_scale.to(h.dtype)
@@ -466,6 +472,11 @@ class _TokenShift(torch.autograd.Function):
         return _shift_first_half(grad, -1)
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """x in float32, or as it is when it is wider (a float64 model stays float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def float32_region(x: torch.Tensor):
     """A context that turns autocast off for x's device (a no-op context without autocast).
 
@@ -498,7 +509,8 @@ def _pad_frames(x: torch.Tensor, padding: int) -> torch.Tensor:
 def _group_spans(num_frames: int, group_size: int):
     """(start, stop, size) of the full groups as one span, then of the shorter last group if any."""
     full = num_frames - num_frames % group_size
-    return ([(0, full, group_size)] if full else []) + ([(full, num_frames, num_frames - full)] if full < num_frames else [])
+    spans = [(0, full, group_size)] if full else []
+    return spans + ([(full, num_frames, num_frames - full)] if full < num_frames else [])
 
 
 def _attention_dtype(lin_q: torch.Tensor, vu: torch.Tensor) -> torch.dtype:
@@ -540,7 +552,8 @@ def _joint_attention_forward(quad_q: torch.Tensor, lin_q: torch.Tensor, quad_k: 
             groups = (stop - start) // size
             for item in range(b):
                 target = out[item, start:stop].view(-1, size, hidden)
-                target.baddbmm_(attn[item * groups:(item + 1) * groups], values[item, start:stop].reshape(-1, size, hidden))
+                item_values = values[item, start:stop].reshape(-1, size, hidden)
+                target.baddbmm_(attn[item * groups:(item + 1) * groups], item_values)
     return out, lin_kv, masks
 
 
@@ -701,11 +714,12 @@ class GatedAttentionUnit(nn.Module):
             denominator = scalenorm_denominator(h, self.to_hidden.norm)
             vu = self.to_hidden.scaled(h, self.to_hidden.norm.row_scale(denominator))  # [B, L, H]: v and u
             with float32_region(h):
-                qk = self.to_qk.scaled(h.float(), self.to_qk.norm.row_scale(denominator.float()))  # [B, L, S]
+                qk_scale = self.to_qk.norm.row_scale(at_least_float32(denominator))
+                qk = self.to_qk.scaled(at_least_float32(h), qk_scale)  # [B, L, S]
         else:
             vu = self.to_hidden(h)
             with float32_region(h):
-                qk = self.to_qk(h.float())
+                qk = self.to_qk(at_least_float32(h))
         with float32_region(h):
             quad_q, lin_q, quad_k, lin_k = offset_scale_rotary(qk, self.qk_offset_scale.gamma,
                                                                self.qk_offset_scale.beta, self.rotary_pos_emb)

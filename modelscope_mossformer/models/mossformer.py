@@ -14,8 +14,8 @@ import torch.utils.checkpoint
 from torch import nn
 
 from .configs import MossFormerConfig
-from .layers import (ConvDecoder, ConvEncoder, GatedAttentionUnit, ScaledSinusoidalEmbedding, channel_norm,
-                     float32_region)
+from .layers import (ConvDecoder, ConvEncoder, GatedAttentionUnit, ScaledSinusoidalEmbedding, at_least_float32,
+                     channel_norm, float32_region)
 
 
 class MossFormerLayer(nn.Module):
@@ -86,12 +86,12 @@ class MaskNet(nn.Module):
         # under reduced-precision autocast only the sequence model runs in it: the mask head is
         # float32 (a sixtieth of the FLOPs; rounding its weights alone costs about 10 dB of fidelity)
         with float32_region(frames):
-            x = self.in_proj(self.in_norm(frames.float()))  # [B, D, L]
+            x = self.in_proj(self.in_norm(at_least_float32(frames)))  # [B, D, L]
             if self.pos_enc is not None:
                 x = x + self.pos_enc(num_frames).transpose(0, 1)  # + [D, L]
         h = self.sequence(x.transpose(1, 2)).transpose(1, 2)  # [B, D, L]
         with float32_region(frames):
-            h = self.seq_norm(h.float())
+            h = self.seq_norm(at_least_float32(h))
             if self.skip_around_seq:
                 h = h + x
             h = self.out_proj(self.prelu(h))  # [B, C*D, L]
@@ -169,7 +169,7 @@ class MossFormer(nn.Module):
             raise ValueError(f'input has {num_samples} samples; at least enc_kernel_size='
                              f'{self.config.enc_kernel_size} are needed')
         with float32_region(mix):  # the filterbanks stay float32 under reduced-precision autocast
-            frames = self.encoder(mix.float())  # [B, N, L]
+            frames = self.encoder(at_least_float32(mix))  # [B, N, L]
         masks = self.masker(frames)  # [B, C, N, L]
         with float32_region(mix):
             separated = (frames.unsqueeze(1) * masks).flatten(0, 1)  # [B*C, N, L]

@@ -215,3 +215,24 @@ def test_dropout_keeps_one_minus_p_unbiased_and_its_gradient_is_the_same_mask():
     out = dropout(ones, module)
     (low_grad,) = torch.autograd.grad(out, ones, torch.ones_like(out))
     assert torch.equal(low_grad, out)  # the same mask and scale in the backward pass
+
+
+def test_a_float64_model_computes_in_float64():
+    """The parts kept float32 under autocast (query/key path, mask head, filterbanks) do not round a float64 model."""
+    from modelscope_mossformer.models import build_separator
+    from modelscope_mossformer.models.configs import MossFormerConfig
+
+    torch.manual_seed(0)
+    model = build_separator(MossFormerConfig(num_blocks=1, model_dim=32, enc_channels=32, query_key_dim=8,
+                                             group_size=16)).eval()
+    mix = torch.randn(1, 800)
+    with torch.no_grad():
+        single = model(mix)
+        double = model.double()(mix.double())
+    assert double.dtype == torch.float64
+    # float32 rounding of a 1-block model: about 1e-7 relative; float64 must not be further from it
+    torch.testing.assert_close(double.float(), single, atol=1e-5, rtol=1e-4)
+    # and its blocks' float64 gradients are exact (gradcheck needs them to 1e-6; float32 rounding fails it)
+    block = GatedAttentionUnit(16, None, group_size=8, query_key_dim=4, dropout=0.0).double().train()
+    x = torch.randn(1, 12, 16, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(block, (x,))
