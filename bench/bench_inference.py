@@ -13,7 +13,7 @@ per configuration runs:
 
 Reported per configuration: real-time factor (separation wall time / audio
 duration; imports and model loading excluded and reported as ``load_s``), peak
-resident memory of the process (``ru_maxrss``) and its peak minus the resident
+resident memory of the process (``VmHWM``) and its peak minus the resident
 memory after loading (what the separation itself needed).  ``parity_db`` is the
 SI-SNR of the built-in pipeline's output against ours (whole file), which shows
 that both ran the same weights (it is limited by the built-in 16-bit output).
@@ -52,15 +52,18 @@ RESULT_PREFIX = 'RESULT '
 
 
 def _peak_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """VmHWM, this process's own peak (ru_maxrss would carry over the parent's peak from the fork)."""
+    return _status_mb('VmHWM')
 
 
 def _current_mb() -> float:
+    return _status_mb('VmRSS')
+
+
+def _status_mb(field: str) -> float:
     with open('/proc/self/status') as handle:
         for line in handle:
-            if line.startswith('VmRSS:'):
+            if line.startswith(field + ':'):
                 return int(line.split()[1]) / 1024
     return float('nan')
 

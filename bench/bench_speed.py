@@ -277,19 +277,23 @@ def bench_train(name: str, seconds: float, repeats: int) -> Dict[str, Any]:
 
 
 def memory_child(spec: Dict[str, Any]) -> Dict[str, Any]:
-    import resource
-
     torch.set_num_threads(spec['threads'])
     torch.manual_seed(0)
     model = build_separator(CONFIGS[spec['model']](**({} if spec['num_blocks'] is None else
                                                        {'num_blocks': spec['num_blocks']}))).train()
     model.activation_checkpointing = spec['checkpointing']
     mix = 0.1 * torch.randn(1, int(spec['seconds'] * RATE))
-    with open('/proc/self/status') as handle:
-        rss = next(int(line.split()[1]) for line in handle if line.startswith('VmRSS:')) / 1024
+    rss = _status_mb('VmRSS')
     _step(model, model, mix)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, the peak of this process's own memory: ru_maxrss would carry over the parent's peak from the
+    # fork before exec, and floor the smaller measurements at it
+    peak = _status_mb('VmHWM')
     return {'rss_before_mb': rss, 'peak_mb': peak, 'step_mb': peak - rss}
+
+
+def _status_mb(field: str) -> float:
+    with open('/proc/self/status') as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith(field + ':')) / 1024
 
 
 def bench_memory(name: str, threads: int) -> Dict[str, Any]:
