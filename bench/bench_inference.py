@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from proc_memory import current_mb, peak_mb  # bench/, this script's folder
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RATE = 8000
 MODES = ('chunked', 'whole', 'builtin')
@@ -49,23 +51,6 @@ RESULT_PREFIX = 'RESULT '
 # ---------------------------------------------------------------------------
 # child process: one configuration
 # ---------------------------------------------------------------------------
-
-
-def _peak_mb() -> float:
-    """VmHWM, this process's own peak (ru_maxrss would carry over the parent's peak from the fork)."""
-    return _status_mb('VmHWM')
-
-
-def _current_mb() -> float:
-    return _status_mb('VmRSS')
-
-
-def _status_mb(field: str) -> float:
-    with open('/proc/self/status') as handle:
-        for line in handle:
-            if line.startswith(field + ':'):
-                return int(line.split()[1]) / 1024
-    return float('nan')
 
 
 def run_child(spec: Dict[str, Any]) -> Dict[str, Any]:
@@ -85,7 +70,7 @@ def run_child(spec: Dict[str, Any]) -> Dict[str, Any]:
         if type(separate).__module__.startswith('modelscope_mossformer'):
             raise RuntimeError('the built-in pipeline was replaced by this package in the child process')
         load_s = time.perf_counter() - started
-        loaded_mb = _current_mb()
+        loaded_mb = current_mb()
         begin = time.perf_counter()
         outputs = separate(spec['wav'])['output_pcm_list']
         elapsed = time.perf_counter() - begin
@@ -103,11 +88,11 @@ def run_child(spec: Dict[str, Any]) -> Dict[str, Any]:
         engine = SeparationEngine(model.separator, model.sample_rate, chunk_seconds=chunk,
                                   overlap_seconds=OVERLAP_SECONDS)
         load_s = time.perf_counter() - started
-        loaded_mb = _current_mb()
+        loaded_mb = current_mb()
         begin = time.perf_counter()
         separate_file(engine, spec['wav'], out_dir, name=spec['mode'], subtype='FLOAT')
         elapsed = time.perf_counter() - begin
-    return {'load_s': load_s, 'elapsed_s': elapsed, 'loaded_rss_mb': loaded_mb, 'peak_rss_mb': _peak_mb()}
+    return {'load_s': load_s, 'elapsed_s': elapsed, 'loaded_rss_mb': loaded_mb, 'peak_rss_mb': peak_mb()}
 
 
 # ---------------------------------------------------------------------------

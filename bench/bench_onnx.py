@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
+from proc_memory import current_mb, peak_mb  # bench/, this script's folder
+
 RATE = 8000
 MODELS = {'mossformer': 'MossFormer(L)', 'mossformer2': 'MossFormer2'}
 BACKENDS = ('pytorch', 'onnxruntime')
@@ -43,24 +45,6 @@ READY, RESULT = 'READY ', 'RESULT '
 # ---------------------------------------------------------------------------
 # worker: one backend, model loaded once, one separation per 'run' line on stdin
 # ---------------------------------------------------------------------------
-
-
-def _status_mb(field: str) -> float:
-    with open('/proc/self/status') as handle:
-        for line in handle:
-            if line.startswith(field + ':'):
-                return int(line.split()[1]) / 1024
-    return float('nan')
-
-
-def _peak_mb() -> float:
-    """Peak resident memory of this process (VmHWM: unlike ru_maxrss, not inherited from the parent,
-    whose export of the model may have needed more)."""
-    return _status_mb('VmHWM')
-
-
-def _current_mb() -> float:
-    return _status_mb('VmRSS')
 
 
 def _say(prefix: str, payload: Dict[str, Any]) -> None:
@@ -93,14 +77,14 @@ def run_worker(backend: str, model_dir: str, wav: str, threads: int, out: str) -
     if rate != engine.sample_rate:
         raise ValueError(f'{wav}: {rate} Hz, the model runs at {engine.sample_rate} Hz')
     mix = torch.from_numpy(audio)
-    _say(READY, {'load_s': time.perf_counter() - started, 'loaded_rss_mb': _current_mb()})
+    _say(READY, {'load_s': time.perf_counter() - started, 'loaded_rss_mb': current_mb()})
     sources = None
     for line in sys.stdin:
         command = line.split()
         if command[:1] == ['run']:
             begin = time.perf_counter()
             sources = engine.separate(mix)
-            _say(RESULT, {'elapsed_s': time.perf_counter() - begin, 'peak_rss_mb': _peak_mb()})
+            _say(RESULT, {'elapsed_s': time.perf_counter() - begin, 'peak_rss_mb': peak_mb()})
         elif command[:1] == ['probe']:  # parity on a unit-scale test signal of N samples (not timed)
             from modelscope_mossformer.onnx_export import probe_signal
 

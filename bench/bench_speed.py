@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
+from proc_memory import current_mb, peak_mb  # bench/, this script's folder
 
 from modelscope_mossformer.models import build_separator, mossformer2_base, mossformer_large
 from modelscope_mossformer.models.reference import paired_gradients, reference_forward, reference_with_weights_of
@@ -283,17 +284,11 @@ def memory_child(spec: Dict[str, Any]) -> Dict[str, Any]:
                                                        {'num_blocks': spec['num_blocks']}))).train()
     model.activation_checkpointing = spec['checkpointing']
     mix = 0.1 * torch.randn(1, int(spec['seconds'] * RATE))
-    rss = _status_mb('VmRSS')
+    rss = current_mb()
     _step(model, model, mix)
-    # VmHWM, the peak of this process's own memory: ru_maxrss would carry over the parent's peak from the
-    # fork before exec, and floor the smaller measurements at it
-    peak = _status_mb('VmHWM')
+    peak = peak_mb()  # this process's own peak (see proc_memory)
     return {'rss_before_mb': rss, 'peak_mb': peak, 'step_mb': peak - rss}
 
-
-def _status_mb(field: str) -> float:
-    with open('/proc/self/status') as handle:
-        return next(int(line.split()[1]) for line in handle if line.startswith(field + ':')) / 1024
 
 
 def bench_memory(name: str, threads: int) -> Dict[str, Any]:
