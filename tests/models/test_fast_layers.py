@@ -236,3 +236,52 @@ def test_a_float64_model_computes_in_float64():
     block = GatedAttentionUnit(16, None, group_size=8, query_key_dim=4, dropout=0.0).double().train()
     x = torch.randn(1, 12, 16, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(block, (x,))
+
+
+def _relative_error(actual: torch.Tensor, exact: torch.Tensor) -> float:
+    return float((actual.double() - exact).norm() / exact.norm())
+
+
+@pytest.mark.parametrize('frames', [300, 1000, 2100])
+def test_bf16_linear_attention_summary_and_product_keep_more_than_bf16_precision(frames):
+    """The linear attention's [S, H] summary repeats in every frame's output: under bfloat16 it is
+    summed in float32 from blockwise GEMMs and multiplied as a split (y1 + y2) pair, so both carry
+    several times less error than one bfloat16 GEMM's rounded output (2^-9 relative per element)."""
+    from modelscope_mossformer.models.layers import _frame_summary, _split_matmul
+
+    generator = torch.Generator().manual_seed(frames)
+    # keys and values with a common offset, as the model's (SiLU outputs, offset-scaled keys): the
+    # block sums then add up coherently, and each block's rounding is a fraction of the total's
+    # (for zero-mean data the block sums add like random walks and their rounding errors too)
+    keys = torch.randn(2, frames, 16, generator=generator) + 1.0
+    values = (torch.rand(2, frames, 64, generator=generator) + 0.5).bfloat16()
+    exact = keys.bfloat16().double().transpose(1, 2) @ values.double()  # the summary of the bf16 operands
+    summary = _frame_summary(keys, values)
+    assert summary.dtype == torch.float32 and summary.shape == (2, 16, 64)
+    one_gemm = torch.matmul(keys.bfloat16().transpose(1, 2), values)  # what plain autocast would keep
+    blocks = min(8, frames // 256)
+    # rounding of each block's result: independent errors, about sqrt(blocks) times smaller in norm
+    assert _relative_error(summary, exact) < _relative_error(one_gemm, exact) / (0.7 * blocks ** 0.5)
+
+    queries = torch.randn(2, frames, 16, generator=generator)
+    product = _split_matmul(queries, summary, torch.bfloat16)
+    assert product.dtype == torch.bfloat16
+    exact_product = queries.bfloat16().double() @ summary.double()  # queries rounded once, the summary not
+    plain = torch.matmul(queries.bfloat16(), summary.bfloat16())
+    # what is left is the output's own rounding: within 10 % of the correctly rounded product, where
+    # plain adds the summary's rounding to it
+    best = _relative_error(exact_product.bfloat16(), exact_product)
+    assert _relative_error(product, exact_product) < 1.1 * best
+    assert _relative_error(plain, exact_product) > 1.2 * best
+
+
+def test_bf16_gated_attention_unit_stays_close_to_float32():
+    torch.manual_seed(0)
+    block = GatedAttentionUnit(32, None, group_size=16, query_key_dim=16).eval()
+    x = torch.randn(2, 70, 32)  # 4 full groups and a short one
+    with torch.inference_mode():
+        exact = block(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            low = block(x)
+    assert low.dtype == torch.float32  # the residual stream stays float32
+    assert _relative_error(low, exact.double()) < 2e-2
