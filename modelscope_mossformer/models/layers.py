@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from typing import Optional, Tuple
 
 import torch
@@ -310,6 +311,58 @@ class ScaledSinusoidalEmbedding(nn.Module):
 
 
 # ---------------------------------------------------------------------------
+# reused buffers for inference
+# ---------------------------------------------------------------------------
+
+_BUFFERS = threading.local()
+_REUSE_MIN_BYTES = 8 << 20  # smaller blocks come back from glibc's heap anyway
+
+
+@contextlib.contextmanager
+def reused_buffers():
+    """Within it, CPU inference reuses the blocks' largest temporaries from one block to the next.
+
+    glibc hands out every block above its mmap threshold (at most 32 MiB) as fresh pages and
+    unmaps it when it is freed, so each [L, 2048] float32 temporary of more than 4096 frames
+    faults in its pages anew in every block: 14 million page faults in one 60 s MossFormer(L)
+    forward pass on this machine's KVM guest. A buffer taken with `reusable` lives until the
+    context ends and serves the same role in every block. The sequence model opens it for a
+    forward pass without autograd; nested uses share the outer one.
+    """
+    if getattr(_BUFFERS, 'pool', None) is not None:
+        yield
+        return
+    _BUFFERS.pool = {}
+    try:
+        yield
+    finally:
+        _BUFFERS.pool = None
+
+
+def reusable(role: str, shape: Tuple[int, ...], like: torch.Tensor) -> Optional[torch.Tensor]:
+    """An uninitialised buffer for `role` (like's dtype and device) from the open pool, or None.
+
+    None (the caller allocates as usual) outside `reused_buffers`, with autograd or autocast on,
+    off the CPU, while tracing or exporting, and for buffers under 8 MiB. The caller must be done
+    with the buffer before the same role and shape are asked for again (the next block).
+    """
+    pool = getattr(_BUFFERS, 'pool', None)
+    if pool is None or torch.is_grad_enabled() or like.device.type != 'cpu':
+        return None
+    if math.prod(shape) * like.element_size() < _REUSE_MIN_BYTES:
+        return None
+    if torch.is_autocast_enabled('cpu') or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return None
+    if torch.compiler.is_compiling():
+        return None
+    key = (role, tuple(shape), like.dtype, like.device)
+    buffer = pool.get(key)
+    if buffer is None:
+        buffer = pool[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
+    return buffer
+
+
+# ---------------------------------------------------------------------------
 # gated attention unit (MossFormer block)
 # ---------------------------------------------------------------------------
 
@@ -345,7 +398,13 @@ class ConvProjection(nn.Module):
             # passes at dim_in wide; folding the factor into the output would add two passes over the
             # dim_out-wide gradient (a narrowing one, as to_out and to_qk, folds it: the output is narrower)
             return self._activate(F.linear(x * row_scale, self.linear.weight, self.linear.bias))
-        h = F.linear(x, self.linear.weight)  # [.., L, out]
+        # the GEMM's output is done with when this returns (the conv writes a new tensor): the next
+        # user of a 'projection' buffer of this shape (the attention's output) may take it
+        buffer = reusable('projection', (*x.shape[:-1], self.linear.out_features), x)
+        if buffer is not None and x.dtype == self.linear.weight.dtype:  # (the same GEMM, into the buffer)
+            h = torch.matmul(x, self.linear.weight.t(), out=buffer)  # [.., L, out]
+        else:
+            h = F.linear(x, self.linear.weight)  # [.., L, out]
         if torch.is_grad_enabled():
             return self._activate(torch.addcmul(self.linear.bias.to(h.dtype), h, row_scale.to(h.dtype)))
         # in h's dtype: under bf16 autocast, float32 operands would make addcmul compute into a
@@ -449,7 +508,9 @@ def _token_shift(x: torch.Tensor) -> torch.Tensor:
 def _shift_first_half(x: torch.Tensor, step: int) -> torch.Tensor:
     """out[:, t, :half] = x[:, t - step, :half] (zero outside), out[..., half:] = x[..., half:]; step is 1 or -1."""
     half = (x.shape[-1] + 1) // 2  # the size torch.chunk(2) gives the first piece
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    out = reusable('token shift', x.shape, x)
+    if out is None:
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
     if step > 0:
         out[:, :1, :half] = 0
         out[:, 1:, :half] = x[:, :-1, :half]
@@ -545,7 +606,9 @@ def _joint_attention_forward(quad_q: torch.Tensor, lin_q: torch.Tensor, quad_k: 
         values = vu.to(dtype)
         if dtype == torch.promote_types(dtype, lin_q.dtype):  # full precision: one GEMM each
             lin_kv = torch.matmul(lin_k.transpose(-1, -2).to(dtype), values) / n  # [B, S, H]
-            out = torch.matmul(lin_q.to(dtype), lin_kv)  # [B, L, H]
+            # (the hidden projection's GEMM output has the same shape, and its conv is done with it)
+            buffer = reusable('projection', (b, n, hidden), lin_kv)
+            out = torch.matmul(lin_q.to(dtype), lin_kv, out=buffer)  # [B, L, H]
         else:
             lin_kv = _frame_summary(lin_k, values).div_(n)  # [B, S, H], float32
             out = _split_matmul(lin_q, lin_kv, dtype)  # [B, L, H]

@@ -15,7 +15,7 @@ from torch import nn
 
 from .configs import MossFormerConfig
 from .layers import (ConvDecoder, ConvEncoder, GatedAttentionUnit, ScaledSinusoidalEmbedding, at_least_float32,
-                     channel_norm, float32_region)
+                     channel_norm, float32_region, reused_buffers)
 
 
 class MossFormerLayer(nn.Module):
@@ -49,11 +49,12 @@ class SequenceModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         recompute = self.activation_checkpointing and torch.is_grad_enabled()
-        for layer in self.layers:
-            if recompute:
-                x = torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False)
-            else:
-                x = layer(x)
+        with reused_buffers():  # (inference only: see layers.reusable)
+            for layer in self.layers:
+                if recompute:
+                    x = torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False)
+                else:
+                    x = layer(x)
         return self.final_norm(x)
 
 

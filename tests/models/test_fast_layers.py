@@ -285,3 +285,32 @@ def test_bf16_gated_attention_unit_stays_close_to_float32():
             low = block(x)
     assert low.dtype == torch.float32  # the residual stream stays float32
     assert _relative_error(low, exact.double()) < 2e-2
+
+
+@pytest.mark.parametrize('kind', ['mossformer', 'mossformer2'])
+def test_reused_inference_buffers_change_no_output_and_never_alias_results(kind, monkeypatch):
+    """Buffers reused from block to block (inference only) give the same numbers as fresh ones,
+    and nothing a forward pass returns lives in them: a second call leaves the first's result."""
+    from modelscope_mossformer.models import build_separator, layers, mossformer2_tiny, mossformer_tiny
+
+    torch.manual_seed(0)
+    model = build_separator((mossformer_tiny if kind == 'mossformer' else mossformer2_tiny)(num_blocks=3)).eval()
+    generator = torch.Generator().manual_seed(1)
+    first, second = (torch.randn(2, 1600, generator=generator) for _ in range(2))
+    with torch.inference_mode():
+        fresh = model(first)
+        taken = []
+        real = layers.reusable
+        monkeypatch.setattr(layers, '_REUSE_MIN_BYTES', 0)  # the tiny model's buffers count as large
+        monkeypatch.setattr(layers, 'reusable', lambda *a: taken.append(a[0]) or real(*a))
+        reused = model(first)
+        kept = reused.clone()
+        other = model(second)
+    assert torch.equal(reused, fresh)
+    assert torch.equal(reused, kept)  # the second call did not write into the first's output
+    assert not torch.equal(other, reused)
+    assert {'projection', 'token shift'} <= set(taken)
+    assert layers._BUFFERS.pool is None  # released when the forward pass ends
+    # training: nothing is reused (autograd keeps the tensors)
+    model.train()
+    assert layers.reusable('projection', (2, 100, 64), first) is None
