@@ -482,7 +482,10 @@ def offset_scale_rotary(qk: torch.Tensor, gamma: torch.Tensor, beta: torch.Tenso
     A rotated pair (x1, x2) becomes (x1 cos - x2 sin, x2 cos + x1 sin), which is exactly
     rotary-embedding-torch's x * cos + rotate_half(x) * sin.
     """
-    heads = torch.addcmul(beta, qk.unsqueeze(-2), gamma)  # [B, L, 4, S]
+    # (at inference the heads' buffer is reused from block to block: the attention is done with it
+    # before the next block asks)
+    buffer = reusable('heads', (*qk.shape[:-1], gamma.shape[0], qk.shape[-1]), qk)
+    heads = torch.addcmul(beta, qk.unsqueeze(-2), gamma, out=buffer)  # [B, L, 4, S]
     if rotary is None:
         return heads.unbind(dim=-2)
     if not _plain_rotary(rotary):
