@@ -326,10 +326,12 @@ def reused_buffers():
     unmaps it when it is freed, so each [L, 2048] float32 temporary of more than 4096 frames
     faults in its pages anew in every block: 14 million page faults in one 60 s MossFormer(L)
     forward pass on this machine's KVM guest. A buffer taken with `reusable` lives until the
-    context ends and serves the same role in every block. The sequence model opens it for a
-    forward pass without autograd; nested uses share the outer one.
+    context ends and serves the same role in every block. The sequence model opens it for every
+    forward pass; it only takes effect without autograd (where grad mode is on at its start, no
+    pool opens: inside autograd functions' forward grad mode is off, yet their results are saved
+    for the backward). Nested uses share the outer one.
     """
-    if getattr(_BUFFERS, 'pool', None) is not None:
+    if getattr(_BUFFERS, 'pool', None) is not None or torch.is_grad_enabled():
         yield
         return
     _BUFFERS.pool = {}

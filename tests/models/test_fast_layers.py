@@ -314,3 +314,29 @@ def test_reused_inference_buffers_change_no_output_and_never_alias_results(kind,
     # training: nothing is reused (autograd keeps the tensors)
     model.train()
     assert layers.reusable('projection', (2, 100, 64), first) is None
+
+
+@pytest.mark.parametrize('kind', ['mossformer', 'mossformer2'])
+def test_training_never_takes_reused_buffers(kind, monkeypatch):
+    """Autograd functions run their forward with grad mode off, and save what it returns: a
+    training step must get the same gradients whatever counts as a large buffer."""
+    from modelscope_mossformer.models import build_separator, layers, mossformer2_tiny, mossformer_tiny
+
+    torch.manual_seed(0)
+    model = build_separator((mossformer_tiny if kind == 'mossformer' else mossformer2_tiny)(num_blocks=3)).train()
+    for module in model.modules():  # dropout off: the two steps must see the same computation
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    mix = torch.randn(2, 1600, generator=torch.Generator().manual_seed(1))
+
+    def gradients():
+        model.zero_grad()
+        model(mix).square().mean().backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    plain = gradients()
+    monkeypatch.setattr(layers, '_REUSE_MIN_BYTES', 0)
+    with_small_threshold = gradients()
+    assert len(plain) == len(with_small_threshold) > 0
+    for a, b in zip(plain, with_small_threshold):
+        assert torch.equal(a, b)
