@@ -52,3 +52,22 @@ def test_bench_bf16_training_smoke_run_reports_both_curves(tmp_path):
     assert all(abs(value) < 200 for value in fp32 + bf16)
     assert set(result['eval_si_snr_db']) == {'fp32', 'bf16'}
     assert 'held-out PIT SI-SNR after training' in proc.stdout
+
+
+def test_bench_bf16_fidelity_smoke_run_reports_the_error_budget(tmp_path):
+    out = tmp_path / 'fidelity.json'
+    proc = subprocess.run(
+        [sys.executable, str(REPO / 'bench' / 'bench_bf16_fidelity.py'), '--model', 'mossformer', '--num-blocks', '1',
+         '--seconds', '1', '--threads', '1', '--json', str(out)],
+        capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert 10 < result['shipped_db'] < 200
+    assert set(result['regions_db']) == {'joint attention in float32', 'hidden projection in float32',
+                                         'output projection in float32', 'depthwise convolutions in float32'}
+    # float32 in a region removes that region's rounding: the attention's share is the largest there is
+    assert result['regions_db']['joint attention in float32'] > result['shipped_db']
+    weights = result['rounded_weights_db']
+    assert 'attention.to_hidden.linear.weight' in weights and 'encoder.conv.weight' in weights
+    # the rounding errors of all groups together add up: no single group's is larger (1 dB for chance cancellation)
+    assert weights['all weights'] < min(v for k, v in weights.items() if k != 'all weights') + 1.0

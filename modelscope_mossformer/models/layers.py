@@ -315,7 +315,7 @@ class ScaledSinusoidalEmbedding(nn.Module):
 # ---------------------------------------------------------------------------
 
 _BUFFERS = threading.local()
-_REUSE_MIN_BYTES = 8 << 20  # smaller blocks come back from glibc's heap anyway
+_REUSE_MIN_BYTES = 1 << 20  # (smaller ones are not worth a dictionary lookup)
 
 
 @contextlib.contextmanager
@@ -345,7 +345,7 @@ def reusable(role: str, shape: Tuple[int, ...], like: torch.Tensor) -> Optional[
     """An uninitialised buffer for `role` (like's dtype and device) from the open pool, or None.
 
     None (the caller allocates as usual) outside `reused_buffers`, with autograd or autocast on,
-    off the CPU, while tracing or exporting, and for buffers under 8 MiB. The caller must be done
+    off the CPU, while tracing or exporting, and for buffers under 1 MiB. The caller must be done
     with the buffer before the same role and shape are asked for again (the next block).
     """
     pool = getattr(_BUFFERS, 'pool', None)
@@ -361,6 +361,20 @@ def reusable(role: str, shape: Tuple[int, ...], like: torch.Tensor) -> Optional[
     buffer = pool.get(key)
     if buffer is None:
         buffer = pool[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
+    return buffer
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], role: str) -> torch.Tensor:
+    """F.linear(x, weight, bias), at inference into a reused buffer for `role` (the same GEMM call)."""
+    buffer = reusable(role, (*x.shape[:-1], weight.shape[0]), x)
+    if buffer is None or x.dtype != weight.dtype or not x.is_contiguous():
+        return F.linear(x, weight, bias)
+    rows = x.reshape(-1, x.shape[-1])
+    flat = buffer.view(-1, weight.shape[0])
+    if bias is None:
+        torch.mm(rows, weight.t(), out=flat)
+    else:  # what F.linear runs for a contiguous input with a bias
+        torch.addmm(bias, rows, weight.t(), out=flat)
     return buffer
 
 
@@ -968,7 +982,10 @@ class DilatedFSMN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, L, C] -> [B, L, C]."""
-        memory = self.dense(self.project(F.relu(self.linear(x), inplace=not torch.is_grad_enabled())))
+        # (at inference both GEMM outputs are reused buffers: each is done with before the next block)
+        hidden = F.relu(_linear(x, self.linear.weight, self.linear.bias, 'fsmn hidden'),
+                        inplace=not torch.is_grad_enabled())
+        memory = self.dense(_linear(hidden, self.project.weight, None, 'fsmn projection'))
         return residual_add(x, memory)
 
 
@@ -1003,7 +1020,8 @@ class GatedFSMN(nn.Module):
         for proj in (to_v, to_u):
             weights.append(proj.linear.weight * proj.norm.weight)
             biases.append(torch.addmv(proj.linear.bias, proj.linear.weight, proj.norm.bias))
-        h = F.silu(F.linear(normalised, torch.cat(weights), torch.cat(biases)), inplace=not torch.is_grad_enabled())
+        h = _linear(normalised, torch.cat(weights), torch.cat(biases), 'gated projections')  # (its conv is new)
+        h = F.silu(h, inplace=not torch.is_grad_enabled())
         kernels = torch.cat((with_identity_tap(to_v.dwconv.weight), with_identity_tap(to_u.dwconv.weight)))
         h = depthwise_conv_frames(h, kernels)  # [B, L, 2 * dim]
         v, u = h.chunk(2, dim=-1)  # (chunk's backward is one concatenation; slices' would zero-fill twice)
@@ -1029,7 +1047,7 @@ class RecurrentModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # frames-first throughout: the 1x1 convs are linear maps and the channel norms layer norms
-        h = F.linear(x, self.in_conv.weight.squeeze(-1), self.in_conv.bias)  # [B, L, I]
+        h = _linear(x, self.in_conv.weight.squeeze(-1), self.in_conv.bias, 'recurrent input')  # [B, L, I]
         h = _layer_norm(self.norm1, self.in_prelu(h))
         h = _layer_norm(self.norm2, self.gated_fsmn(h))
         out = F.linear(h, self.out_conv.weight.squeeze(-1), self.out_conv.bias)  # [B, L, D]

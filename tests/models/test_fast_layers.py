@@ -310,6 +310,8 @@ def test_reused_inference_buffers_change_no_output_and_never_alias_results(kind,
     assert torch.equal(reused, kept)  # the second call did not write into the first's output
     assert not torch.equal(other, reused)
     assert {'projection', 'token shift', 'heads'} <= set(taken)
+    if kind == 'mossformer2':
+        assert {'recurrent input', 'gated projections', 'fsmn hidden', 'fsmn projection'} <= set(taken)
     assert layers._BUFFERS.pool is None  # released when the forward pass ends
     # training: nothing is reused (autograd keeps the tensors)
     model.train()
