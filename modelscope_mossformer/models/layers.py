@@ -365,16 +365,15 @@ def reusable(role: str, shape: Tuple[int, ...], like: torch.Tensor) -> Optional[
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], role: str) -> torch.Tensor:
-    """F.linear(x, weight, bias), at inference into a reused buffer for `role` (the same GEMM call)."""
+    """F.linear(x, weight, bias), at inference into a reused buffer for `role` (the GEMM F.linear runs)."""
     buffer = reusable(role, (*x.shape[:-1], weight.shape[0]), x)
-    if buffer is None or x.dtype != weight.dtype or not x.is_contiguous():
+    if buffer is None or x.dtype != weight.dtype:
         return F.linear(x, weight, bias)
-    rows = x.reshape(-1, x.shape[-1])
-    flat = buffer.view(-1, weight.shape[0])
     if bias is None:
-        torch.mm(rows, weight.t(), out=flat)
-    else:  # what F.linear runs for a contiguous input with a bias
-        torch.addmm(bias, rows, weight.t(), out=flat)
+        return torch.matmul(x, weight.t(), out=buffer)
+    if not x.is_contiguous():
+        return F.linear(x, weight, bias)
+    torch.addmm(bias, x.reshape(-1, x.shape[-1]), weight.t(), out=buffer.view(-1, weight.shape[0]))
     return buffer
 
 
@@ -416,11 +415,7 @@ class ConvProjection(nn.Module):
             return self._activate(F.linear(x * row_scale, self.linear.weight, self.linear.bias))
         # the GEMM's output is done with when this returns (the conv writes a new tensor): the next
         # user of a 'projection' buffer of this shape (the attention's output) may take it
-        buffer = reusable('projection', (*x.shape[:-1], self.linear.out_features), x)
-        if buffer is not None and x.dtype == self.linear.weight.dtype:  # (the same GEMM, into the buffer)
-            h = torch.matmul(x, self.linear.weight.t(), out=buffer)  # [.., L, out]
-        else:
-            h = F.linear(x, self.linear.weight)  # [.., L, out]
+        h = _linear(x, self.linear.weight, None, 'projection')  # [.., L, out]
         if torch.is_grad_enabled():
             return self._activate(torch.addcmul(self.linear.bias.to(h.dtype), h, row_scale.to(h.dtype)))
         # in h's dtype: under bf16 autocast, float32 operands would make addcmul compute into a
@@ -653,7 +648,8 @@ def _frame_summary(keys: torch.Tensor, values: torch.Tensor, blocks: int = 8) ->
 
     Under bfloat16 the linear attention's summary is the one value every frame's output shares,
     so its rounding is one error repeated coherently over the whole sequence: rounding it to
-    bfloat16 cost 1.7 dB of the perturbed-weight fidelity (more than any other single rounding).
+    bfloat16 cost 1.9 dB of MossFormer(L)'s perturbed-weight fidelity (more than any other single
+    rounding; bench/bench_bf16_fidelity.py has the budget).
     Here the frames are summed in up to `blocks` blocks of at least 256 frames, each a bfloat16
     GEMM (float32 accumulation inside), and the block results are added in float32: their
     independent output roundings shrink by the square root of the number of blocks.
