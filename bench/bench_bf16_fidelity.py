@@ -27,12 +27,10 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
-from bench_speed import CONFIGS, LABELS, perturbed_copy, si_snr_db, speech_mixture  # bench/, this folder
+from bench_speed import CONFIGS, LABELS, config_of, perturbed_copy, si_snr_db, speech_mixture  # bench/
 
 from modelscope_mossformer.models import build_separator
 from modelscope_mossformer.models import layers
-
-RATE = 8000
 
 
 def _float32_call(function: Callable) -> Callable:
@@ -100,8 +98,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    config = CONFIGS[args.model]() if args.num_blocks is None else CONFIGS[args.model](num_blocks=args.num_blocks)
-    model = perturbed_copy(build_separator(config).eval())
+    model = perturbed_copy(build_separator(config_of(args.model, args.num_blocks)).eval())
     speech = speech_mixture(args.seconds)
     with torch.inference_mode():
         exact = model(speech)

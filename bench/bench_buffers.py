@@ -17,11 +17,9 @@ import time
 from typing import Dict, List, Optional
 
 import torch
-from bench_speed import CONFIGS, LABELS  # bench/, this folder
+from bench_speed import CONFIGS, LABELS, RATE, config_of  # bench/, this folder
 
 from modelscope_mossformer.models import build_separator, layers
-
-RATE = 8000
 
 
 def minor_faults() -> int:
@@ -39,8 +37,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    config = CONFIGS[args.model]() if args.num_blocks is None else CONFIGS[args.model](num_blocks=args.num_blocks)
-    model = build_separator(config).eval()
+    model = build_separator(config_of(args.model, args.num_blocks)).eval()
     mix = 0.1 * torch.randn(1, int(args.seconds * RATE), generator=torch.Generator().manual_seed(1))
     threshold = layers._REUSE_MIN_BYTES
     times: Dict[str, List[float]] = {'reused': [], 'fresh': []}

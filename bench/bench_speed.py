@@ -90,8 +90,10 @@ def si_snr_db(estimate: torch.Tensor, target: torch.Tensor) -> float:
 NUM_BLOCKS: Optional[int] = None  # --num-blocks: fewer blocks than released (smoke runs); None = released
 
 
-def config_of(name: str):
-    return CONFIGS[name]() if NUM_BLOCKS is None else CONFIGS[name](num_blocks=NUM_BLOCKS)
+def config_of(name: str, num_blocks: Optional[int] = None):
+    """The released-size config of `name`, with `num_blocks` (default: --num-blocks) blocks when given."""
+    num_blocks = NUM_BLOCKS if num_blocks is None else num_blocks
+    return CONFIGS[name]() if num_blocks is None else CONFIGS[name](num_blocks=num_blocks)
 
 
 def forward_flops(name: str, num_samples: int) -> int:
