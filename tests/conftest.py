@@ -19,6 +19,18 @@ def _deterministic():
     yield
 
 
+@pytest.fixture(params=['blas', 'onednn'])
+def cpu_gemm(request):
+    """Each float32 CPU GEMM backend of models.gemm in turn (oneDNN skipped where this PyTorch lacks it)."""
+    from modelscope_mossformer.models import gemm
+
+    if request.param == 'onednn' and not gemm.onednn_usable():
+        pytest.skip('this PyTorch build cannot run float32 GEMMs through oneDNN')
+    gemm.set_cpu_gemm_backend(request.param)
+    yield request.param
+    gemm.set_cpu_gemm_backend(None)
+
+
 @pytest.fixture
 def mixture():
     """Two 0.25 s mixtures at 8 kHz: long enough for several attention groups and a padded one."""

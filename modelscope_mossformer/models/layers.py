@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import gemm
+from .gemm import takes_onednn
+
 # ---------------------------------------------------------------------------
 # normalisation
 # ---------------------------------------------------------------------------
@@ -365,7 +368,12 @@ def reusable(role: str, shape: Tuple[int, ...], like: torch.Tensor) -> Optional[
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], role: str) -> torch.Tensor:
-    """F.linear(x, weight, bias), at inference into a reused buffer for `role` (the GEMM F.linear runs)."""
+    """F.linear(x, weight, bias), at inference into a reused buffer for `role` (the GEMM F.linear runs).
+
+    Where oneDNN runs the float32 GEMMs (models.gemm), its output is a new tensor instead.
+    """
+    if takes_onednn(x, weight):
+        return gemm.linear(x, weight, bias)
     buffer = reusable(role, (*x.shape[:-1], weight.shape[0]), x)
     if buffer is None or x.dtype != weight.dtype:
         return F.linear(x, weight, bias)
@@ -397,8 +405,8 @@ class ConvProjection(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.norm, ScaleNorm):
             return self.scaled(x, self.norm.row_scale(scalenorm_denominator(x, self.norm)))
-        h = self.linear(F.layer_norm(x, self.norm.normalized_shape, self.norm.weight, self.norm.bias, self.norm.eps))
-        return self._activate(h)
+        h = F.layer_norm(x, self.norm.normalized_shape, self.norm.weight, self.norm.bias, self.norm.eps)
+        return self._convolve(gemm.linear(h, self.linear.weight, self.linear.bias, 'silu'))
 
     def scaled(self, x: torch.Tensor, row_scale: torch.Tensor) -> torch.Tensor:
         """The projection of x whose ScaleNorm scales row t by row_scale[t] ([.., L, 1]).
@@ -412,7 +420,12 @@ class ConvProjection(nn.Module):
             # training a widening projection: scaling the (narrower) input keeps the backward's extra
             # passes at dim_in wide; folding the factor into the output would add two passes over the
             # dim_out-wide gradient (a narrowing one, as to_out and to_qk, folds it: the output is narrower)
-            return self._activate(F.linear(x * row_scale, self.linear.weight, self.linear.bias))
+            return self._activate(gemm.linear(x * row_scale, self.linear.weight, self.linear.bias))
+        if not torch.is_grad_enabled() and takes_onednn(x, self.linear.weight):
+            # oneDNN adds the bias and applies SiLU in the GEMM itself: scaling the input costs one
+            # pass over the narrower side instead of two (scale and bias, SiLU) over the output
+            h = gemm.linear(x * row_scale.to(x.dtype), self.linear.weight, self.linear.bias, 'silu')
+            return self._convolve(h)
         # the GEMM's output is done with when this returns (the conv writes a new tensor): the next
         # user of a 'projection' buffer of this shape (the attention's output) may take it
         h = _linear(x, self.linear.weight, None, 'projection')  # [.., L, out]
@@ -424,7 +437,9 @@ class ConvProjection(nn.Module):
         return self._activate(torch.addcmul(bias, h, row_scale, out=h))
 
     def _activate(self, h: torch.Tensor) -> torch.Tensor:
-        h = F.silu(h, inplace=not torch.is_grad_enabled())  # [B, L, out]
+        return self._convolve(F.silu(h, inplace=not torch.is_grad_enabled()))  # [B, L, out]
+
+    def _convolve(self, h: torch.Tensor) -> torch.Tensor:
         h = depthwise_conv_frames(h, with_identity_tap(self.dwconv.weight))  # h + dwconv(h): one conv
         return dropout(h, self.dropout)
 
@@ -618,6 +633,8 @@ def _joint_attention_forward(quad_q: torch.Tensor, lin_q: torch.Tensor, quad_k: 
     width = quad_q.shape[-1]
     with float32_region(vu):
         values = vu.to(dtype)
+        if takes_onednn(quad_q, lin_q, quad_k, lin_k, values):
+            return _joint_attention_onednn(quad_q, lin_q, quad_k, lin_k, values, group_size, p)
         if dtype == torch.promote_types(dtype, lin_q.dtype):  # full precision: one GEMM each
             lin_kv = torch.matmul(lin_k.transpose(-1, -2).to(dtype), values) / n  # [B, S, H]
             # (the hidden projection's GEMM output has the same shape, and its conv is done with it)
@@ -640,6 +657,42 @@ def _joint_attention_forward(quad_q: torch.Tensor, lin_q: torch.Tensor, quad_k: 
                 target = out[item, start:stop].view(-1, size, hidden)
                 item_values = values[item, start:stop].reshape(-1, size, hidden)
                 target.baddbmm_(attn[item * groups:(item + 1) * groups], item_values)
+    return out, lin_kv, masks
+
+
+def _joint_attention_onednn(quad_q: torch.Tensor, lin_q: torch.Tensor, quad_k: torch.Tensor, lin_k: torch.Tensor,
+                            values: torch.Tensor, group_size: int, p: float):
+    """`_joint_attention_forward` in float32 with oneDNN's GEMMs (models.gemm), item by item.
+
+    oneDNN multiplies by one matrix per call: the summary and the linear output are one GEMM
+    per item, the quadratic part one per group, which adds the linear output of its frames in
+    the same GEMM (a post-op); the groups' results are concatenated into the output.
+    """
+    b, n, hidden = values.shape
+    width = quad_q.shape[-1]
+    spans = _group_spans(n, group_size)
+    lin_kv = torch.empty((b, lin_k.shape[-1], hidden), dtype=values.dtype, device=values.device)
+    out = reusable('projection', (b, n, hidden), values)
+    out = torch.empty_like(values) if out is None else out
+    masks, attns = [], []
+    for start, stop, size in spans:
+        q = quad_q[:, start:stop].reshape(-1, size, width)  # [B*G, size, S]
+        k = quad_k[:, start:stop].reshape(-1, size, width)
+        attns.append(torch.bmm(q, k.transpose(1, 2)).div_(group_size).relu_().square_())  # [B*G, size, size]
+        if p > 0:
+            masks.append(dropout_mask(attns[-1].shape, p, attns[-1])[0])
+            attns[-1].mul_(masks[-1])
+    for item in range(b):
+        torch.div(gemm.matmul(lin_k[item].t(), values[item]), n, out=lin_kv[item])  # [S, H]
+        linear = gemm.matmul(lin_q[item], lin_kv[item])  # [L, H]
+        parts = []
+        for (start, stop, size), attn in zip(spans, attns):
+            groups = (stop - start) // size
+            for group in range(groups):
+                rows = slice(start + group * size, start + (group + 1) * size)
+                parts.append(torch.ops.mkldnn._linear_pointwise.binary(
+                    attn[item * groups + group], linear[rows], values[item, rows].t(), None, 'add'))
+        torch.cat(parts, out=out[item])
     return out, lin_kv, masks
 
 
@@ -979,8 +1032,11 @@ class DilatedFSMN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, L, C] -> [B, L, C]."""
         # (at inference both GEMM outputs are reused buffers: each is done with before the next block)
-        hidden = F.relu(_linear(x, self.linear.weight, self.linear.bias, 'fsmn hidden'),
-                        inplace=not torch.is_grad_enabled())
+        if takes_onednn(x, self.linear.weight):
+            hidden = gemm.linear(x, self.linear.weight, self.linear.bias, 'relu')  # (fused into the GEMM)
+        else:
+            hidden = F.relu(_linear(x, self.linear.weight, self.linear.bias, 'fsmn hidden'),
+                            inplace=not torch.is_grad_enabled())
         memory = self.dense(_linear(hidden, self.project.weight, None, 'fsmn projection'))
         return residual_add(x, memory)
 
@@ -1016,8 +1072,11 @@ class GatedFSMN(nn.Module):
         for proj in (to_v, to_u):
             weights.append(proj.linear.weight * proj.norm.weight)
             biases.append(torch.addmv(proj.linear.bias, proj.linear.weight, proj.norm.bias))
-        h = _linear(normalised, torch.cat(weights), torch.cat(biases), 'gated projections')  # (its conv is new)
-        h = F.silu(h, inplace=not torch.is_grad_enabled())
+        if takes_onednn(normalised):
+            h = gemm.linear(normalised, torch.cat(weights), torch.cat(biases), 'silu')  # (SiLU fused)
+        else:
+            h = _linear(normalised, torch.cat(weights), torch.cat(biases), 'gated projections')  # (its conv is new)
+            h = F.silu(h, inplace=not torch.is_grad_enabled())
         kernels = torch.cat((with_identity_tap(to_v.dwconv.weight), with_identity_tap(to_u.dwconv.weight)))
         h = depthwise_conv_frames(h, kernels)  # [B, L, 2 * dim]
         v, u = h.chunk(2, dim=-1)  # (chunk's backward is one concatenation; slices' would zero-fill twice)
@@ -1046,7 +1105,7 @@ class RecurrentModule(nn.Module):
         h = _linear(x, self.in_conv.weight.squeeze(-1), self.in_conv.bias, 'recurrent input')  # [B, L, I]
         h = _layer_norm(self.norm1, self.in_prelu(h))
         h = _layer_norm(self.norm2, self.gated_fsmn(h))
-        out = F.linear(h, self.out_conv.weight.squeeze(-1), self.out_conv.bias)  # [B, L, D]
+        out = gemm.linear(h, self.out_conv.weight.squeeze(-1), self.out_conv.bias)  # [B, L, D]
         return residual_add(x, out)
 
 
