@@ -764,10 +764,17 @@ class _JointAttention(torch.autograd.Function):
             d_out = grad_out.to(dtype).contiguous()
             values = vu.to(dtype)
             # linear part: out = lin_q @ lin_kv, lin_kv = lin_k^T @ v / n
-            grad_lin_q = torch.matmul(d_out, lin_kv.transpose(-1, -2).to(dtype))  # [B, L, S]
-            d_kv = torch.matmul(lin_q.to(dtype).transpose(-1, -2), d_out).div_(n)  # [B, S, H], with the 1 / n
-            grad_lin_k = torch.matmul(values, d_kv.transpose(-1, -2))  # [B, L, S]
-            grad_vu = torch.matmul(lin_k.to(dtype), d_kv)  # [B, L, H]
+            onednn = takes_onednn(d_out, values, lin_q, lin_k, lin_kv)
+            if onednn:  # oneDNN multiplies by one matrix per call: item by item
+                grad_lin_q = torch.stack([gemm.matmul(d_out[i], lin_kv[i].t()) for i in range(b)])
+                d_kv = torch.stack([gemm.matmul(lin_q[i].t(), d_out[i]) for i in range(b)]).div_(n)
+                grad_lin_k = torch.stack([gemm.matmul(values[i], d_kv[i].t()) for i in range(b)])
+                grad_vu = torch.stack([gemm.matmul(lin_k[i], d_kv[i]) for i in range(b)])
+            else:
+                grad_lin_q = torch.matmul(d_out, lin_kv.transpose(-1, -2).to(dtype))  # [B, L, S]
+                d_kv = torch.matmul(lin_q.to(dtype).transpose(-1, -2), d_out).div_(n)  # [B, S, H], with the 1 / n
+                grad_lin_k = torch.matmul(values, d_kv.transpose(-1, -2))  # [B, L, S]
+                grad_vu = torch.matmul(lin_k.to(dtype), d_kv)  # [B, L, H]
             # quadratic part, span by span: out_group += attn @ v_group
             grad_quad_q = torch.empty(quad_q.shape, dtype=quad_q.dtype, device=quad_q.device)
             grad_quad_k = torch.empty(quad_k.shape, dtype=quad_k.dtype, device=quad_k.device)
@@ -787,8 +794,15 @@ class _JointAttention(torch.autograd.Function):
                     rows = slice(item * groups, (item + 1) * groups)
                     v_item = values[item, start:stop].reshape(-1, size, hidden)  # [G, size, H]
                     d_item = d_out[item, start:stop].reshape(-1, size, hidden)
+                    target = grad_vu[item, start:stop].view(-1, size, hidden)
+                    if onednn:
+                        for group in range(groups):
+                            grad_attn[item * groups + group] = gemm.matmul(d_item[group], v_item[group].t())
+                            target[group] = torch.ops.mkldnn._linear_pointwise.binary(
+                                attn[item * groups + group].t(), target[group], d_item[group].t(), None, 'add')
+                        continue
                     torch.bmm(d_item, v_item.transpose(1, 2), out=grad_attn[rows])
-                    grad_vu[item, start:stop].view(-1, size, hidden).baddbmm_(attn[rows].transpose(1, 2), d_item)
+                    target.baddbmm_(attn[rows].transpose(1, 2), d_item)
                 grad_attn = grad_attn.to(scores.dtype)
                 if mask is not None:
                     grad_attn.mul_(mask)

@@ -29,7 +29,7 @@ def _assert_parity(ours: torch.nn.Module, mix: torch.Tensor) -> None:
 @pytest.mark.parametrize('sample_rate', [8000, 16000])
 @pytest.mark.parametrize('num_spks', [2, 3])
 @pytest.mark.parametrize('causal', [False, True])
-def test_tiny_mossformer_matches_reference(sample_rate, num_spks, causal):
+def test_tiny_mossformer_matches_reference(sample_rate, num_spks, causal, cpu_gemm):
     ours = MossFormer(tiny_mossformer(sample_rate=sample_rate, num_spks=num_spks, causal=causal))
     _assert_parity(ours, _random_mixture(sample_rate, 0.3))
 
@@ -41,7 +41,7 @@ def test_tiny_mossformer_other_norms_match_reference(norm):
 
 @pytest.mark.parametrize('sample_rate', [8000, 16000])
 @pytest.mark.parametrize('num_spks', [2, 3])
-def test_tiny_mossformer2_matches_reference(sample_rate, num_spks):
+def test_tiny_mossformer2_matches_reference(sample_rate, num_spks, cpu_gemm):
     ours = MossFormer2(tiny_mossformer2(sample_rate=sample_rate, num_spks=num_spks))
     _assert_parity(ours, _random_mixture(sample_rate, 0.3))
 
@@ -56,7 +56,7 @@ def test_odd_lengths_keep_the_input_length():
 
 
 @pytest.mark.parametrize('family,causal', [('mossformer2', False), ('mossformer', False), ('mossformer', True)])
-def test_gradients_match_reference(family, causal):
+def test_gradients_match_reference(family, causal, cpu_gemm):
     # MossFormer2: one partial attention group; MossFormer (group 16): 12 full groups + a partial one
     if family == 'mossformer2':
         ours = MossFormer2(tiny_mossformer2())
@@ -97,7 +97,7 @@ def test_float64_gradients_equal_the_reference(family):
 @pytest.mark.slow
 @pytest.mark.parametrize('family', ['mossformer', 'mossformer2'])
 @pytest.mark.parametrize('sample_rate', [8000, 16000])
-def test_released_size_matches_reference(family, sample_rate):
+def test_released_size_matches_reference(family, sample_rate, cpu_gemm):
     ours = MossFormer(mossformer_large(sample_rate=sample_rate)) if family == 'mossformer' \
         else MossFormer2(mossformer2_base(sample_rate=sample_rate))
     _assert_parity(ours, _random_mixture(sample_rate, 0.5))
