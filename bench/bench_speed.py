@@ -4,7 +4,8 @@ Sections (``--sections``, all by default):
 
 * ``peak``: this machine's float32 (and bfloat16) matmul throughput at the size of the
   models' largest GEMM ([frames, 512] x [512, 2048]), best of several runs: the hardware
-  reference for the GFLOP/s figures below.
+  reference for the GFLOP/s figures below (float32 through the backend our GEMMs take,
+  ``models.gemm``, and through torch's BLAS, which the reference's take).
 * ``inference``: forward pass at the released sizes (batch 1, 8 kHz) for each length in
   ``--lengths``: ours vs the reference (ModelScope's classes holding the same weights),
   interleaved, median of ``--repeats`` (one repeat for inputs of 30 s and more), the
@@ -44,6 +45,7 @@ import torch
 from proc_memory import current_mb, peak_mb  # bench/, this script's folder
 
 from modelscope_mossformer.models import build_separator, mossformer2_base, mossformer_large
+from modelscope_mossformer.models.gemm import ENV_VAR, cpu_gemm_backend
 from modelscope_mossformer.models.reference import paired_gradients, reference_forward, reference_with_weights_of
 
 RATE = 8000
@@ -159,6 +161,10 @@ def build_pair(name: str):
 
 
 def bench_peak(frames: int = 4000) -> Dict[str, Any]:
+    """Best-of-10 GEMM throughput; 'float32' is the library our float32 GEMMs run through (models.gemm),
+    'float32_blas' torch's own dispatch, which the reference uses."""
+    from modelscope_mossformer.models import gemm
+
     result = {}
     for dtype in (torch.float32, torch.bfloat16):
         a = torch.randn(frames, 512).to(dtype)
@@ -166,7 +172,15 @@ def bench_peak(frames: int = 4000) -> Dict[str, Any]:
         torch.matmul(a, b)
         best = min(timed(lambda: torch.matmul(a, b)) for _ in range(10))
         result[str(dtype).replace('torch.', '')] = 2 * frames * 512 * 2048 / best / 1e9
-    log(f'matmul peak ([{frames}, 512] x [512, 2048]): fp32 {result["float32"]:.1f} GFLOP/s, '
+    result['float32_blas'] = result['float32']
+    if gemm.cpu_gemm_backend() == 'onednn':
+        a, weight = torch.randn(frames, 512), torch.randn(2048, 512)
+        with torch.no_grad():
+            gemm.linear(a, weight)
+            best = min(timed(lambda: gemm.linear(a, weight)) for _ in range(10))
+        result['float32'] = 2 * frames * 512 * 2048 / best / 1e9
+    log(f'matmul peak ([{frames}, 512] x [512, 2048]): fp32 {result["float32"]:.1f} GFLOP/s '
+        f'({gemm.cpu_gemm_backend()}; torch\'s BLAS {result["float32_blas"]:.1f}), '
         f'bf16 {result["bfloat16"]:.1f} GFLOP/s')
     return {'matmul_gflops': result}
 
@@ -381,9 +395,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(memory_child(json.loads(args.child))))
         return 0
     torch.set_num_threads(args.threads)
-    log(f'torch {torch.__version__}, {args.threads} threads, {cpu_name()}, sections {args.sections}')
+    backend = cpu_gemm_backend()
+    log(f'torch {torch.__version__}, {args.threads} threads, {cpu_name()}, our float32 GEMMs through {backend} '
+        f'({ENV_VAR} chooses), sections {args.sections}')
     result: Dict[str, Any] = {'torch': torch.__version__, 'threads': args.threads, 'num_blocks': NUM_BLOCKS,
-                              'cpu': cpu_name()}
+                              'cpu': cpu_name(), 'cpu_gemm': backend}
     if 'memory' in args.sections:  # first, while this process is small (each step runs in a fresh process)
         log('training memory ...')
         result['memory'] = [bench_memory(name, args.threads) for name in args.models]

@@ -5,7 +5,8 @@ Long inputs are cut into chunks of `chunk_seconds` that overlap by
 on the chunk length only.  Before two chunks are joined, the new chunk's
 speakers are put in the order of the previous one: the permutation with the
 highest normalised correlation over the shared overlap wins (all C!
-permutations, C <= 3).  The overlap is then cross-faded with complementary
+permutations, C <= 3; between orders that correlate equally, as scaled copies of one
+voice do, the one whose levels continue).  The overlap is then cross-faded with complementary
 raised-cosine windows, so the joined signal has no seam and no speaker swap.
 
 Loudness: the model output is scale-ambiguous.  `match_mixture_level` scales all
@@ -29,6 +30,9 @@ logger = logging.getLogger(__name__)
 PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
+TIE_MARGIN = 1e-3  # correlation scores this close count as equal (float32 rounding gives about 1e-6)
+
+
 def best_permutation(previous: torch.Tensor, current: torch.Tensor) -> List[int]:
     """Order of `current`'s speakers that best continues `previous` ([C, O] each, same span)."""
     def unit(x: torch.Tensor) -> torch.Tensor:
@@ -39,7 +43,15 @@ def best_permutation(previous: torch.Tensor, current: torch.Tensor) -> List[int]
     num_spks = similarity.shape[0]
     scores = {perm: float(sum(similarity[i, perm[i]] for i in range(num_spks)))
               for perm in itertools.permutations(range(num_spks))}
-    return list(max(scores, key=scores.get))
+    best = max(scores.values())
+    # Outputs that are scaled copies of each other (one voice leaked into two outputs) correlate
+    # equally with either order, and rounding noise would pick one. Among orders within
+    # TIE_MARGIN of the best, the one whose levels continue (least squared difference) wins.
+    tied = [perm for perm, score in scores.items() if score >= best - TIE_MARGIN]
+    if len(tied) == 1:
+        return list(tied[0])
+    previous, current = previous.double(), current.double()
+    return list(min(tied, key=lambda perm: float((previous - current[list(perm)]).pow(2).sum())))
 
 
 def _fades(length: int, dtype: torch.dtype) -> tuple:

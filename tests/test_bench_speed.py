@@ -28,8 +28,10 @@ def test_bench_speed_smoke_run_reports_every_section(tmp_path):
     assert row['bf16_si_snr_speech_default_db'] > 20 and row['bf16_si_snr_speech_perturbed_db'] > 10
     assert result['cpu']  # the CPU is named in the report
     (train,) = result['train']
-    # float32 gradients of one block agree to ~1e-6 of their norm; 1e-3 leaves room for any summation order
-    assert train['norm_rel_grad_diff'] < 1e-3 and train['ours_s'] > 0
+    # float32 gradients of one block agree to ~1e-6 of their norm for most parameters; a norm bias whose
+    # gradient sums over every frame with cancellation measured 1.28e-3 on an AMD EPYC (MKL's AVX2 kernels
+    # and oneDNN alike): 5e-3 leaves room for any summation order, a bfloat16 step would give 1e-2 and more
+    assert train['norm_rel_grad_diff'] < 5e-3 and train['ours_s'] > 0
     (memory,) = result['memory']
     assert memory['plain']['step_mb_4s'] > 0 and memory['checkpointed']['step_mb_4s'] > 0
     assert '== summary ==' in proc.stdout
