@@ -40,6 +40,7 @@ ENV_VAR = 'MOSSFORMER_CPU_GEMM'
 BACKENDS = ('auto', 'onednn', 'blas')
 _ACTIVATIONS = {None: 'none', 'silu': 'swish', 'relu': 'relu'}
 
+_SMALL_BYTES = 4 << 20  # matmul copies a transposed right operand up to this size
 _state = {'requested': None, 'resolved': None}
 
 
@@ -180,5 +181,10 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     paths and hand-written backward passes)."""
     if b.dim() == 2 and not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)) \
             and takes_onednn(a, b):
-        return _onednn_linear(a, b.t(), None)
+        weight = b.t()
+        if not weight.is_contiguous() and b.numel() * b.element_size() <= _SMALL_BYTES:
+            # a small transposed operand: copying it (1 MB for the attention's [128, 2048] summary)
+            # costs less than oneDNN's strided read of it (8.2 against 6.2 ms at 4000 frames here)
+            weight = weight.contiguous()
+        return _onednn_linear(a, weight, None)
     return torch.matmul(a, b)
