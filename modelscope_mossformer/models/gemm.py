@@ -119,11 +119,15 @@ def takes_onednn(*tensors: torch.Tensor) -> bool:
     for tensor in tensors:
         if tensor.device.type != 'cpu' or tensor.dtype != torch.float32:
             return False
+    return plain_eager_cpu() and cpu_gemm_backend() == 'onednn'
+
+
+def plain_eager_cpu() -> bool:
+    """No CPU autocast, tracing, ONNX export or compilation in progress: the state in which the
+    models may replace ordinary ops by oneDNN calls or reused buffers."""
     if torch.is_autocast_enabled('cpu') or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return False
-    if torch.compiler.is_compiling():
-        return False
-    return cpu_gemm_backend() == 'onednn'
+    return not torch.compiler.is_compiling()
 
 
 def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],

@@ -356,9 +356,7 @@ def reusable(role: str, shape: Tuple[int, ...], like: torch.Tensor) -> Optional[
         return None
     if math.prod(shape) * like.element_size() < _REUSE_MIN_BYTES:
         return None
-    if torch.is_autocast_enabled('cpu') or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        return None
-    if torch.compiler.is_compiling():
+    if not gemm.plain_eager_cpu():
         return None
     key = (role, tuple(shape), like.dtype, like.device)
     buffer = pool.get(key)
