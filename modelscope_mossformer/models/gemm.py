@@ -173,6 +173,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
         out = _OneDnnLinear.apply(x, weight, bias)
     else:
         out = F.linear(x, weight, bias)
+    return activate(out, activation)
+
+
+def activate(out: torch.Tensor, activation: Optional[str]) -> torch.Tensor:
+    """activation (None, 'silu' or 'relu') applied to a GEMM's output, in place without autograd."""
     if activation == 'silu':
         return F.silu(out, inplace=not torch.is_grad_enabled())
     if activation == 'relu':

@@ -365,13 +365,20 @@ def reusable(role: str, shape: Tuple[int, ...], like: torch.Tensor) -> Optional[
     return buffer
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], role: str) -> torch.Tensor:
-    """F.linear(x, weight, bias), at inference into a reused buffer for `role` (the GEMM F.linear runs).
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], role: str,
+            activation: Optional[str] = None) -> torch.Tensor:
+    """activation(F.linear(x, weight, bias)), at inference into a reused buffer for `role` (the GEMM
+    F.linear runs; the activation in place).
 
-    Where oneDNN runs the float32 GEMMs (models.gemm), its output is a new tensor instead.
+    Where oneDNN runs the float32 GEMMs (models.gemm), its output is a new tensor instead, with the
+    activation fused into the GEMM.
     """
     if takes_onednn(x, weight):
-        return gemm.linear(x, weight, bias)
+        return gemm.linear(x, weight, bias, activation)
+    return gemm.activate(_blas_linear(x, weight, bias, role), activation)
+
+
+def _blas_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], role: str) -> torch.Tensor:
     buffer = reusable(role, (*x.shape[:-1], weight.shape[0]), x)
     if buffer is None or x.dtype != weight.dtype:
         return F.linear(x, weight, bias)
@@ -1044,11 +1051,7 @@ class DilatedFSMN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, L, C] -> [B, L, C]."""
         # (at inference both GEMM outputs are reused buffers: each is done with before the next block)
-        if takes_onednn(x, self.linear.weight):
-            hidden = gemm.linear(x, self.linear.weight, self.linear.bias, 'relu')  # (fused into the GEMM)
-        else:
-            hidden = F.relu(_linear(x, self.linear.weight, self.linear.bias, 'fsmn hidden'),
-                            inplace=not torch.is_grad_enabled())
+        hidden = _linear(x, self.linear.weight, self.linear.bias, 'fsmn hidden', 'relu')
         memory = self.dense(_linear(hidden, self.project.weight, None, 'fsmn projection'))
         return residual_add(x, memory)
 
@@ -1084,11 +1087,7 @@ class GatedFSMN(nn.Module):
         for proj in (to_v, to_u):
             weights.append(proj.linear.weight * proj.norm.weight)
             biases.append(torch.addmv(proj.linear.bias, proj.linear.weight, proj.norm.bias))
-        if takes_onednn(normalised):
-            h = gemm.linear(normalised, torch.cat(weights), torch.cat(biases), 'silu')  # (SiLU fused)
-        else:
-            h = _linear(normalised, torch.cat(weights), torch.cat(biases), 'gated projections')  # (its conv is new)
-            h = F.silu(h, inplace=not torch.is_grad_enabled())
+        h = _linear(normalised, torch.cat(weights), torch.cat(biases), 'gated projections', 'silu')  # (its conv is new)
         kernels = torch.cat((with_identity_tap(to_v.dwconv.weight), with_identity_tap(to_u.dwconv.weight)))
         h = depthwise_conv_frames(h, kernels)  # [B, L, 2 * dim]
         v, u = h.chunk(2, dim=-1)  # (chunk's backward is one concatenation; slices' would zero-fill twice)
