@@ -6,6 +6,9 @@ each input length (demo-voice mixtures, 8 kHz, 16-bit), one fresh Python process
 per configuration runs:
 
 * ``chunked``: `batch.separate_file` with 8 s chunks and 1 s overlap (the default);
+* ``batched``: the same chunks, ``--batch-chunks`` of them (default 4) per forward pass
+  (`SeparationEngine(batch_chunks=...)`); ``vs chunked`` is its time over ``chunked``'s and
+  ``max diff`` the largest difference of its outputs from ``chunked``'s;
 * ``whole``: `batch.separate_file` without chunking (one forward pass);
 * ``builtin``: ModelScope's own `SeparationPipeline` and model classes (this
   package is not imported in that process) on the same model dir, whole file,
@@ -42,7 +45,7 @@ from proc_memory import current_mb, peak_mb  # bench/, this script's folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RATE = 8000
-MODES = ('chunked', 'whole', 'builtin')
+MODES = ('chunked', 'batched', 'whole', 'builtin')
 MODELS = {'mossformer': 'MossFormer(L)', 'mossformer2': 'MossFormer2'}
 CHUNK_SECONDS, OVERLAP_SECONDS = 8.0, 1.0
 RESULT_PREFIX = 'RESULT '
@@ -84,9 +87,10 @@ def run_child(spec: Dict[str, Any]) -> Dict[str, Any]:
         from modelscope_mossformer.inference import SeparationEngine
 
         model = Model.from_pretrained(spec['model_dir']).eval()
-        chunk = CHUNK_SECONDS if spec['mode'] == 'chunked' else None
+        chunk = CHUNK_SECONDS if spec['mode'] in ('chunked', 'batched') else None
         engine = SeparationEngine(model.separator, model.sample_rate, chunk_seconds=chunk,
-                                  overlap_seconds=OVERLAP_SECONDS)
+                                  overlap_seconds=OVERLAP_SECONDS,
+                                  batch_chunks=spec['batch_chunks'] if spec['mode'] == 'batched' else 1)
         load_s = time.perf_counter() - started
         loaded_mb = current_mb()
         begin = time.perf_counter()
@@ -211,9 +215,22 @@ def parity_db(out_dir: Path) -> Optional[float]:
     return float(score)
 
 
+def batched_against_chunked(out_dir: Path) -> Optional[float]:
+    """Largest absolute difference of the batched outputs from the chunk-by-chunk ones, if both exist."""
+    import numpy as np
+    import soundfile
+
+    chunked = sorted(out_dir.glob('chunked_s*.wav'))
+    batched = sorted(out_dir.glob('batched_s*.wav'))
+    if not chunked or len(chunked) != len(batched):
+        return None
+    return max(float(np.abs(soundfile.read(str(a), dtype='float32')[0]
+                            - soundfile.read(str(b), dtype='float32')[0]).max()) for a, b in zip(chunked, batched))
+
+
 def print_table(rows: List[Dict[str, Any]]) -> None:
     header = (f'{"model":<14} {"length":>7} {"mode":<8} {"RTF":>7} {"sep s":>8} {"load s":>7} '
-              f'{"peak MB":>8} {"sep MB":>8} {"parity dB":>9}  status')
+              f'{"peak MB":>8} {"sep MB":>8} {"parity dB":>9} {"vs chunked":>10} {"max diff":>9}  status')
     print(header)
     print('-' * len(header))
     for row in rows:
@@ -225,7 +242,8 @@ def print_table(rows: List[Dict[str, Any]]) -> None:
         print(f'{MODELS[row["model"]]:<14} {row["seconds"]:>6g}s {row["mode"]:<8} {number("rtf", ">7.3f")} '
               f'{number("elapsed_s", ">8.1f")} {number("load_s", ">7.1f")} '
               f'{format(peak, ">8.0f") if peak is not None else "       -"} {number("separation_mb", ">8.0f")} '
-              f'{number("parity_db", ">9.1f")}  {row["status"]}')
+              f'{number("parity_db", ">9.1f")} {number("vs_chunked", ">10.3f")} {number("max_diff", ">9.1e")}  '
+              f'{row["status"]}')
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -234,6 +252,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--models', default='mossformer,mossformer2', help=f'subset of {",".join(MODELS)}')
     parser.add_argument('--modes', default=','.join(MODES), help=f'subset of {",".join(MODES)}')
     parser.add_argument('--threads', type=int, default=2, help='torch CPU threads per process (default 2)')
+    parser.add_argument('--batch-chunks', type=int, default=4, help='chunks per forward in batched mode (default 4)')
     parser.add_argument('--work-dir', type=Path, default=Path(tempfile.gettempdir()) / 'mossformer_bench',
                         help='model dirs, inputs and outputs (reused between runs)')
     parser.add_argument('--max-rss-gb', type=float, default=None,
@@ -276,11 +295,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             wav = make_input(seconds, args.work_dir / f'mix_{seconds:g}s.wav')
             out_dir = args.work_dir / f'out_{name}_{seconds:g}s'
             for mode in args.modes:
-                if mode != 'chunked' and args.skip_whole_above is not None and seconds > args.skip_whole_above:
+                skip_above = args.skip_whole_above
+                if mode in ('whole', 'builtin') and skip_above is not None and seconds > skip_above:
                     continue
                 print(f'{MODELS[name]}, {seconds:g} s, {mode} ...', flush=True)
                 spec = dict(model=name, mode=mode, seconds=seconds, model_dir=str(model_dir), wav=str(wav),
-                            out_dir=str(out_dir), threads=args.threads)
+                            out_dir=str(out_dir), threads=args.threads, batch_chunks=args.batch_chunks)
                 row = run_configuration(spec, max_rss_mb, args.timeout)
                 print(f'  {row["status"]}' + (f', RTF {row["rtf"]:.3f}, peak {row["peak_rss_mb"]:.0f} MB'
                                               if 'rtf' in row else ''), flush=True)
@@ -288,12 +308,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             builtin = [r for r in rows if r['model'] == name and r['seconds'] == seconds and r['mode'] == 'builtin']
             if builtin and builtin[0]['status'] == 'ok':
                 builtin[0]['parity_db'] = parity_db(out_dir)
+            chunked, batched = ([r for r in rows if r['model'] == name and r['seconds'] == seconds
+                                 and r['mode'] == mode and r['status'] == 'ok'] for mode in ('chunked', 'batched'))
+            if chunked and batched:
+                batched[0]['vs_chunked'] = batched[0]['elapsed_s'] / chunked[0]['elapsed_s']
+                batched[0]['max_diff'] = batched_against_chunked(out_dir)
     print()
     print_table(rows)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({'torch': torch.__version__, 'threads': args.threads,
                                          'chunk_seconds': CHUNK_SECONDS, 'overlap_seconds': OVERLAP_SECONDS,
+                                         'batch_chunks': args.batch_chunks,
                                          'load_average': load, 'results': rows}, indent=2) + '\n')
         print(f'wrote {args.json}')
     return 0

@@ -204,6 +204,9 @@ def _add_separation_options(parser: argparse.ArgumentParser, chunk_default: floa
                        help=f'chunk length for long inputs; 0 = whole file at once (default: {chunk_default:g})')
     group.add_argument('--overlap-seconds', type=float, default=1.0, metavar='S',
                        help='overlap between chunks, used to keep speakers in order and to cross-fade (default: 1)')
+    group.add_argument('--batch-chunks', type=int, default=1, metavar='N',
+                       help='separate up to N chunks of a long input in one batch: bigger GEMMs, N times the '
+                            'activation memory, the same output to float rounding (default: 1)')
     group.add_argument('--precision', choices=PRECISION_CHOICES, default='fp32',
                        help='fp32, or bf16/fp16 autocast (fp16 on CUDA only) (default: fp32)')
     group.add_argument('--subtype', choices=('PCM_16', 'PCM_24', 'FLOAT'), default='PCM_16',
@@ -406,6 +409,17 @@ def _progress_friendly_logging(enabled: bool) -> Iterator[None]:
         yield
 
 
+def _chunk_seconds(args: argparse.Namespace) -> Optional[float]:
+    """--chunk-seconds as the engine takes it (None: whole file), after checking the chunking options."""
+    chunk = args.chunk_seconds if args.chunk_seconds and args.chunk_seconds > 0 else None
+    if chunk is not None and not 0 < args.overlap_seconds < chunk:
+        raise UsageError(f'--overlap-seconds {args.overlap_seconds:g} must be above 0 and below '
+                         f'--chunk-seconds {chunk:g}')
+    if args.batch_chunks < 1:
+        raise UsageError(f'--batch-chunks {args.batch_chunks}: must be at least 1')
+    return chunk
+
+
 def _build_engine(args: argparse.Namespace):
     """The separation engine for --model (no ModelScope pipeline in between: the CLI streams files itself)."""
     if _backend(args) == 'onnxruntime':
@@ -414,10 +428,7 @@ def _build_engine(args: argparse.Namespace):
     device = resolve_device(args.device)
     if args.precision == 'fp16' and not device.startswith('cuda'):
         raise UsageError("--precision fp16 needs CUDA; use bf16 or fp32 on the CPU")
-    chunk = args.chunk_seconds if args.chunk_seconds and args.chunk_seconds > 0 else None
-    if chunk is not None and not 0 < args.overlap_seconds < chunk:
-        raise UsageError(f'--overlap-seconds {args.overlap_seconds:g} must be above 0 and below '
-                         f'--chunk-seconds {chunk:g}')
+    chunk = _chunk_seconds(args)
     import modelscope_mossformer  # noqa: F401 - registers the model types
 
     from .inference import SeparationEngine
@@ -431,7 +442,8 @@ def _build_engine(args: argparse.Namespace):
         raise UsageError(f'--model {args.model}: the model dir holds no weights to separate with')
     model.separator.to(device).eval()
     return SeparationEngine(model.separator, model.sample_rate, device=device, precision=args.precision,
-                            chunk_seconds=chunk, overlap_seconds=args.overlap_seconds)
+                            chunk_seconds=chunk, overlap_seconds=args.overlap_seconds,
+                            batch_chunks=args.batch_chunks)
 
 
 def _activity_settings(args: argparse.Namespace):
@@ -468,10 +480,7 @@ def _build_onnx_engine(args: argparse.Namespace):
     if args.precision != 'fp32':
         raise UsageError(f'--precision {args.precision}: the onnxruntime backend runs the exported float32 graph; '
                          f'use --precision fp32 (or --backend pytorch)')
-    chunk = args.chunk_seconds if args.chunk_seconds and args.chunk_seconds > 0 else None
-    if chunk is not None and not 0 < args.overlap_seconds < chunk:
-        raise UsageError(f'--overlap-seconds {args.overlap_seconds:g} must be above 0 and below '
-                         f'--chunk-seconds {chunk:g}')
+    chunk = _chunk_seconds(args)
     model_path = Path(args.model).expanduser()
     try:
         onnx_path = onnx_file_for(model_path)
@@ -491,7 +500,8 @@ def _build_onnx_engine(args: argparse.Namespace):
     except (ValueError, StaleExportError) as err:
         raise UsageError(f'--model {args.model}: {err}') from None
     return SeparationEngine(separator, separator.sample_rate, device='cpu', precision='fp32',
-                            chunk_seconds=chunk, overlap_seconds=args.overlap_seconds)
+                            chunk_seconds=chunk, overlap_seconds=args.overlap_seconds,
+                            batch_chunks=args.batch_chunks)
 
 
 def _print_summary(summary: Any, out_dir: str) -> None:

@@ -21,7 +21,7 @@ import itertools
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, List, Optional
+from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -173,12 +173,18 @@ class SeparationEngine:
         precision: 'fp32', 'bf16' or 'fp16' (autocast; outputs are float32).
         chunk_seconds: chunk length; None separates the whole signal at once.
         overlap_seconds: overlap between chunks, used for alignment and cross-fade.
+        batch_chunks: up to this many consecutive chunks of a long signal go through the separator as
+            one batch (bigger GEMMs, more memory: activations grow with the batch); the estimates are
+            those of chunk-by-chunk separation to float rounding.
     """
 
     def __init__(self, separator: Callable[[torch.Tensor], torch.Tensor], sample_rate: int, device: str = 'cpu',
-                 precision: str = 'fp32', chunk_seconds: Optional[float] = 8.0, overlap_seconds: float = 1.0) -> None:
+                 precision: str = 'fp32', chunk_seconds: Optional[float] = 8.0, overlap_seconds: float = 1.0,
+                 batch_chunks: int = 1) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {sorted(PRECISIONS)}, got {precision!r}')
+        if isinstance(batch_chunks, bool) or not isinstance(batch_chunks, int) or batch_chunks < 1:
+            raise ValueError(f'batch_chunks must be a whole number >= 1, got {batch_chunks!r}')
         if chunk_seconds is not None and not 0 < overlap_seconds < chunk_seconds:
             raise ValueError(f'need 0 < overlap_seconds < chunk_seconds, got {overlap_seconds} and {chunk_seconds}')
         self.separator = separator
@@ -190,6 +196,7 @@ class SeparationEngine:
         self.precision = precision
         self.plan = (ChunkPlan(int(chunk_seconds * sample_rate), int(overlap_seconds * sample_rate))
                      if chunk_seconds is not None else None)
+        self.batch_chunks = batch_chunks
 
     @property
     def num_spks(self) -> int:
@@ -202,10 +209,14 @@ class SeparationEngine:
 
     def run_model(self, mix: torch.Tensor) -> torch.Tensor:
         """[T] -> [C, T] float32 on the CPU."""
+        return self.run_batch(mix[None])[0]
+
+    def run_batch(self, mixes: torch.Tensor) -> torch.Tensor:
+        """[N, T] -> [N, C, T] float32 on the CPU."""
         dtype = PRECISIONS[self.precision]
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype or torch.float32,
                                                     enabled=dtype is not None):
-            out = self.separator(mix[None].to(self.device))[0]
+            out = self.separator(mixes.to(self.device))
         return out.float().cpu()
 
     def chunks(self, mix: torch.Tensor) -> Iterator[torch.Tensor]:
@@ -217,16 +228,32 @@ class SeparationEngine:
         if self.plan is None:
             raise ValueError('separate_stream needs chunk_seconds')
         stitcher = ChunkStitcher(self.plan.overlap)
+        for estimates, last in self._separated_chunks(chunks):
+            block = stitcher.push(estimates, last=last)
+            if block.shape[-1]:
+                yield block
+        if stitcher.swaps:
+            logger.debug('speaker order realigned at %d chunk border(s)', stitcher.swaps)
+
+    def _separated_chunks(self, chunks: Iterable[torch.Tensor]) -> Iterator[Tuple[torch.Tensor, bool]]:
+        """Each chunk's [C, m] estimates in order, with whether it is the last chunk.
+
+        Consecutive chunks of one length (all but a shorter last one) are stacked into batches of up
+        to `batch_chunks`; a batch is cut short where the stream ends or the length changes.
+        """
         iterator = iter(chunks)
+        batch: List[torch.Tensor] = []
         current = next(iterator, None)
         while current is not None:
             following = next(iterator, None)
-            block = stitcher.push(self.run_model(current), last=following is None)
-            if block.shape[-1]:
-                yield block
+            batch.append(current)
+            if (following is None or len(batch) == self.batch_chunks
+                    or following.shape[-1] != current.shape[-1]):
+                estimates = self.run_batch(torch.stack(batch))
+                for index, item in enumerate(estimates):
+                    yield item, following is None and index == len(batch) - 1
+                batch = []
             current = following
-        if stitcher.swaps:
-            logger.debug('speaker order realigned at %d chunk border(s)', stitcher.swaps)
 
     def separate(self, mix: torch.Tensor) -> torch.Tensor:
         """[T] mixture at the model rate -> [C, T] estimates (float32, CPU)."""

@@ -101,13 +101,14 @@ class MossFormerSeparationPipeline(Pipeline):
         chunk_seconds: chunk length for long inputs (None: whole input at once).
         overlap_seconds: overlap between chunks.
         precision: 'fp32', 'bf16' or 'fp16'.
+        batch_chunks: chunks of a long input separated together in one batch (`SeparationEngine`).
         gate_inactive: default for each call's ``gate_inactive``: silence outputs where they are inactive.
         activity_settings: the activity rule's constants (`activity.ActivitySettings`).
         device: 'cpu', 'cuda', 'gpu'... (ModelScope's device names).
     """
 
     def __init__(self, model: Any, chunk_seconds: Optional[float] = 8.0, overlap_seconds: float = 1.0,
-                 precision: str = 'fp32', gate_inactive: bool = False,
+                 precision: str = 'fp32', batch_chunks: int = 1, gate_inactive: bool = False,
                  activity_settings: ActivitySettings = DEFAULT_SETTINGS, **kwargs: Any) -> None:
         if not isinstance(activity_settings, ActivitySettings):
             raise TypeError(f'activity_settings must be an ActivitySettings, got {type(activity_settings).__name__}')
@@ -120,7 +121,7 @@ class MossFormerSeparationPipeline(Pipeline):
         self.model.eval()
         self.engine = SeparationEngine(self.model.separator, self.model.sample_rate, device=str(self.device),
                                        precision=precision, chunk_seconds=chunk_seconds,
-                                       overlap_seconds=overlap_seconds)
+                                       overlap_seconds=overlap_seconds, batch_chunks=batch_chunks)
 
     def _sanitize_parameters(self, **kwargs: Any):
         return {'sample_rate': kwargs.pop('sample_rate', None)}, {}, {}

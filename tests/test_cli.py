@@ -165,6 +165,8 @@ def test_train_with_overrides_then_separate_with_the_best_model(tmp_path, corpus
     (['train', '--config', '{model}', '--train', '{model}', '--valid', '{model}', '--work-dir', '{tmp}/w', '--set',
       'lr'], 'expected KEY=VALUE'),
     (['separate', 'x.wav', '--model', '{model}', '--out', 'o', '--threads', '0'], 'at least 1'),
+    (['separate', 'x.wav', '--model', '{model}', '--out', 'o', '--batch-chunks', '0'],
+     '--batch-chunks 0: must be at least 1'),
 ])
 def test_usage_errors_exit_2_with_a_message(tmp_path, model_dir, capsys, argv, message):
     argv = [arg.format(model=model_dir, tmp=tmp_path) for arg in argv]

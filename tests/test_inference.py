@@ -188,6 +188,55 @@ def test_chunked_output_is_close_to_whole_file_output(model_class, config, chunk
     assert float(agreement) > threshold_db
 
 
+class RecordingSeparator(torch.nn.Module):
+    """A model that records the batch shapes it is called with."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.config = model.config
+        self.shapes = []
+
+    def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(tuple(mix.shape))
+        return self.model(mix)
+
+
+@pytest.mark.parametrize('model_class, config', [(MossFormer, tiny_mossformer), (MossFormer2, tiny_mossformer2)])
+def test_batched_chunks_give_the_chunk_by_chunk_output(model_class, config):
+    torch.manual_seed(0)
+    model = RecordingSeparator(model_class(config()).eval())
+    mix = demo_sources(2, 14.5, seed=3).sum(0)  # 4 s chunks, 3 s apart: four full chunks and a 2.5 s one
+    single = SeparationEngine(model, RATE, chunk_seconds=4.0, overlap_seconds=1.0).separate(mix)
+    assert model.shapes == [(1, 4 * RATE)] * 4 + [(1, int(2.5 * RATE))]
+    for batch_chunks, batches in ((3, [3, 1, 1]), (4, [4, 1]), (16, [4, 1])):
+        model.shapes.clear()
+        engine = SeparationEngine(model, RATE, chunk_seconds=4.0, overlap_seconds=1.0, batch_chunks=batch_chunks)
+        batched = engine.separate(mix)
+        assert [shape[0] for shape in model.shapes] == batches  # the shorter last chunk runs on its own
+        assert batched.shape == single.shape
+        # the items of a batch are separated independently; only the GEMMs' blocking (summation
+        # order) may change with the batch: float32 rounding of outputs of order 0.1-1
+        torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match='batch_chunks must be a whole number >= 1'):
+            SeparationEngine(model, RATE, batch_chunks=bad)
+
+
+def test_batched_chunks_stream_a_file_as_chunk_by_chunk_does(tmp_path):
+    model = MossFormer(tiny_mossformer()).eval()
+    path = tmp_path / 'mix.wav'
+    soundfile.write(path, demo_sources(2, 11.0, seed=4).sum(0).numpy() * 0.5, RATE, subtype='FLOAT')
+    outputs = {}
+    for batch_chunks in (1, 2):
+        engine = SeparationEngine(model, RATE, chunk_seconds=3.0, overlap_seconds=0.5, batch_chunks=batch_chunks)
+        result = separate_file(engine, path, tmp_path / f'batch{batch_chunks}', subtype='FLOAT')
+        outputs[batch_chunks] = [soundfile.read(p, dtype='float32')[0] for p in result.outputs]
+    assert len(outputs[2]) == 2 and outputs[2][0].shape == (11 * RATE,)
+    for batched, single in zip(outputs[2], outputs[1]):
+        np.testing.assert_allclose(batched, single, atol=1e-5, rtol=0)
+
+
 def test_bf16_autocast_on_cpu_stays_close_and_fp16_is_refused():
     model = MossFormer(tiny_mossformer()).eval()
     mix = demo_sources(2, 2.0, seed=9).sum(0)
@@ -214,6 +263,12 @@ MEMORY_SCRIPT = textwrap.dedent('''
     engine = SeparationEngine(model, 8000, chunk_seconds=8.0, overlap_seconds=1.0)
 
     def peak_mb():
+        # this process's own high-water mark: getrusage's ru_maxrss carries over the resident size of
+        # the process that started it (Linux keeps the larger across fork and exec), here pytest's
+        with open('/proc/self/status') as status:
+            for line in status:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1]) / 1024
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     short_result = separate_file(engine, short, out, name='short')
