@@ -13,7 +13,12 @@ mixture, it prints the SI-SNR of the output against the float32 output for:
 Errors add as powers: a region whose float32 run raises the SI-SNR from a to b dB removed
 10^(-a/10) - 10^(-b/10) of the relative error power.
 
+With ``--model-dir DIR`` the same budget is taken for a model directory's own weights (a trained
+model: the quickstart's ``best_model``, a released checkpoint) instead of the perturbed ones.
+
     python bench/bench_bf16_fidelity.py --model mossformer
+    python -m modelscope_mossformer.quickstart --out demo_out   # trains a small model on the demo corpus
+    python bench/bench_bf16_fidelity.py --model-dir demo_out/train_dir/best_model
     python bench/bench_bf16_fidelity.py --model mossformer2 --num-blocks 4   # quicker, smaller
 """
 from __future__ import annotations
@@ -93,13 +98,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--seconds', type=float, default=4.0)
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--num-blocks', type=int, default=None, help='default: the released 24')
+    parser.add_argument('--model-dir', type=Path, default=None,
+                        help='measure this model directory\'s weights instead of perturbed released-size ones')
     parser.add_argument('--no-weight-groups', action='store_true', help='skip the per-group weight rounding runs')
     parser.add_argument('--json', type=Path, default=None, help='also write the figures to this JSON file')
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = perturbed_copy(build_separator(config_of(args.model, args.num_blocks)).eval())
-    speech = speech_mixture(args.seconds)
+    if args.model_dir is not None:
+        from modelscope_mossformer.model import load_model_dir
+
+        loaded = load_model_dir(args.model_dir)
+        model, rate = loaded.separator.eval(), loaded.sample_rate
+        label, weights = f'{type(model).__name__} from {args.model_dir}', 'its own weights'
+    else:
+        model, rate = perturbed_copy(build_separator(config_of(args.model, args.num_blocks)).eval()), 8000
+        label, weights = LABELS[args.model], 'weights + 0.05 N(0, 1)'
+    speech = speech_mixture(args.seconds, rate)
     with torch.inference_mode():
         exact = model(speech)
 
@@ -107,8 +122,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
             return si_snr_db(model(speech).float(), exact)
 
-    result: Dict[str, Any] = {'model': LABELS[args.model], 'seconds': args.seconds, 'num_blocks': args.num_blocks}
-    print(f'{LABELS[args.model]}, {args.seconds:g} s speech, weights + 0.05 N(0, 1): SI-SNR against float32')
+    result: Dict[str, Any] = {'model': label, 'seconds': args.seconds, 'num_blocks': args.num_blocks,
+                              'weights': weights}
+    print(f'{label}, {args.seconds:g} s speech, {weights}: SI-SNR against float32')
     result['shipped_db'] = bf16_db()
     print(f'  {"bf16 path as shipped":<44} {result["shipped_db"]:6.2f} dB')
     result['regions_db'] = {}

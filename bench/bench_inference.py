@@ -236,7 +236,7 @@ def print_table(rows: List[Dict[str, Any]]) -> None:
     for row in rows:
         def number(key: str, fmt: str) -> str:
             value = row.get(key)
-            return format(value, fmt) if isinstance(value, (int, float)) else '-'
+            return format(value, fmt) if isinstance(value, (int, float)) else '-'.rjust(int(fmt[1:].split('.')[0]))
 
         peak = row.get('peak_rss_mb', row['watched_peak_rss_mb'] if row['status'] != 'ok' else None)
         print(f'{MODELS[row["model"]]:<14} {row["seconds"]:>6g}s {row["mode"]:<8} {number("rtf", ">7.3f")} '

@@ -27,6 +27,11 @@ Sections (``--sections``, all by default):
     python bench/bench_speed.py --threads 2 --lengths 4,60 --json bench_speed.json
     python bench/bench_speed.py --sections peak,inference --lengths 4 --models mossformer
 
+With ``peak`` and ``inference`` both run, the summary also gives each forward's floor: its FLOPs
+at the matmul peak (float32, and bfloat16 for the bf16 rows) over the reference's time, the ratio
+ours would reach if every FLOP ran at peak and nothing else took time. A target ratio below the
+floor cannot be met on that machine.
+
 Exit status 1 when an output differs from the reference by more than 1e-4.
 """
 from __future__ import annotations
@@ -136,14 +141,14 @@ def perturbed_copy(model: torch.nn.Module, std: float = 0.05, seed: int = 3) -> 
     return twin
 
 
-def speech_mixture(seconds: float) -> torch.Tensor:
-    """[1, T] two synthetic talkers (the demo corpus's voices), peak 0.5."""
+def speech_mixture(seconds: float, rate: int = RATE) -> torch.Tensor:
+    """[1, T] two synthetic talkers (the demo corpus's voices) at `rate`, peak 0.5."""
     import numpy as np
 
     from modelscope_mossformer.data.synth import make_voices, synthesize_utterance
 
     rng = np.random.default_rng(0)
-    mix = sum(synthesize_utterance(voice, seconds, RATE, rng) for voice in make_voices(2, seed=1))
+    mix = sum(synthesize_utterance(voice, seconds, rate, rng) for voice in make_voices(2, seed=1))
     mix = torch.tensor(mix, dtype=torch.float32)[None]
     return 0.5 * mix / mix.abs().max()
 
@@ -332,29 +337,40 @@ def bench_memory(name: str, threads: int) -> Dict[str, Any]:
 # ---------------------------------------------------------------------------
 
 
+def add_floors(result: Dict[str, Any]) -> None:
+    """Each inference row's floors: its FLOPs at the fp32 / bf16 matmul peak over the reference's time."""
+    peak = result.get('peak', {}).get('matmul_gflops', {})
+    for row in result.get('inference', []):
+        if peak and 'reference_s' in row:
+            row['floor_fp32'] = row['gflop'] / peak['float32'] / row['reference_s']
+            row['floor_bf16'] = row['gflop'] / peak['bfloat16'] / row['reference_s']
+
+
 def print_summary(result: Dict[str, Any]) -> None:
     log('\n== summary ==')
     peak = result.get('peak', {}).get('matmul_gflops', {})
     if peak:
         log(f'matmul peak: fp32 {peak["float32"]:.1f} GFLOP/s, bf16 {peak["bfloat16"]:.1f} GFLOP/s')
+    nan = float('nan')
     rows = [r for r in result.get('inference', []) if 'ratio' in r]
     if rows:
-        log(f'{"inference (batch 1)":<24} {"ours s":>8} {"ref s":>8} {"ours/ref":>9} {"GFLOP/s":>8} '
+        log(f'{"inference (batch 1)":<24} {"ours s":>8} {"ref s":>8} {"ours/ref":>9} {"floor":>6} {"GFLOP/s":>8} '
             f'{"% peak":>7} {"max|diff|":>10}')
         for r in rows:
-            share = 100 * r['ours_gflops'] / peak['float32'] if peak else float('nan')
+            share = 100 * r['ours_gflops'] / peak['float32'] if peak else nan
             log(f'{r["model"] + " " + format(r["seconds"], "g") + " s":<24} {r["ours_s"]:>8.2f} '
-                f'{r["reference_s"]:>8.2f} {r["ratio"]:>9.3f} {r["ours_gflops"]:>8.1f} {share:>6.0f}% '
-                f'{r["max_abs_diff"]:>10.2e}')
+                f'{r["reference_s"]:>8.2f} {r["ratio"]:>9.3f} {r.get("floor_fp32", nan):>6.3f} '
+                f'{r["ours_gflops"]:>8.1f} {share:>6.0f}% {r["max_abs_diff"]:>10.2e}')
     rows = [r for r in result.get('inference', []) if 'bf16_s' in r]
     if rows:
-        log(f'{"bf16 inference":<24} {"bf16 s":>8} {"/fp32":>8} {"/ref":>8} {"SI-SNR dB":>10} '
+        log(f'{"bf16 inference":<24} {"bf16 s":>8} {"/fp32":>8} {"/ref":>8} {"floor":>6} {"SI-SNR dB":>10} '
             f'{"speech, default":>16} {"speech, perturbed":>18}')
         for r in rows:
             log(f'{r["model"] + " " + format(r["seconds"], "g") + " s":<24} {r["bf16_s"]:>8.2f} '
-                f'{r["bf16_over_fp32"]:>8.3f} {r.get("bf16_over_reference", float("nan")):>8.3f} '
-                f'{r["bf16_si_snr_db"]:>10.1f} {r.get("bf16_si_snr_speech_default_db", float("nan")):>16.1f} '
-                f'{r.get("bf16_si_snr_speech_perturbed_db", float("nan")):>18.1f}')
+                f'{r["bf16_over_fp32"]:>8.3f} {r.get("bf16_over_reference", nan):>8.3f} '
+                f'{r.get("floor_bf16", nan):>6.3f} {r["bf16_si_snr_db"]:>10.1f} '
+                f'{r.get("bf16_si_snr_speech_default_db", nan):>16.1f} '
+                f'{r.get("bf16_si_snr_speech_perturbed_db", nan):>18.1f}')
     for r in result.get('train', []):
         log(f'train step {r["model"]} {r["seconds"]:g} s: ours/ref {r["ratio"]:.3f}, bf16/ref '
             f'{r["bf16_over_reference"]:.3f}, checkpointed/plain {r["checkpointed_over_plain"]:.2f}, '
@@ -414,6 +430,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if 'train' in args.sections:
         log('training step ...')
         result['train'] = [bench_train(name, args.train_seconds, args.repeats) for name in args.models]
+    add_floors(result)
     print_summary(result)
     failures = [f'{r["model"]} {r["seconds"]:g} s: max|diff| {r["max_abs_diff"]:.2e}'
                 for r in result.get('inference', []) if r.get('max_abs_diff', 0.0) > MAX_ABS_DIFF]
