@@ -102,8 +102,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     with torch.inference_mode():
         row = _compare({b: _with_backend(b, lambda: model(mix)) for b in BACKENDS}, args.repeats)
     result['forward'] = row
-    log(f'{LABELS[args.model]} forward, {args.seconds:g} s: oneDNN {row["onednn_s"]:.3f} s, BLAS {row["blas_s"]:.3f} s, '
-        f'ratio {row["ratio"]:.3f}, max|diff| {row["max_abs_diff"]:.2e}')
+    log(f'{LABELS[args.model]} forward, {args.seconds:g} s: oneDNN {row["onednn_s"]:.3f} s, '
+        f'BLAS {row["blas_s"]:.3f} s, ratio {row["ratio"]:.3f}, max|diff| {row["max_abs_diff"]:.2e}')
     if args.train:
         model.train()
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-6)

@@ -160,6 +160,10 @@ def test_long_input_is_chunked_with_its_length_kept(model_dirs):
     mix = speech_like(3.3, 8000)
     out = separate(mix, sample_rate=8000)
     assert out['waveforms'].shape == (3, mix.size) and np.isfinite(out['waveforms']).all()
+    batched = pipeline(Tasks.speech_separation, model=str(model_dirs(MOSSFORMER, 8000, 3)), chunk_seconds=1.0,
+                       overlap_seconds=0.25, batch_chunks=3)
+    assert batched.engine.batch_chunks == 3
+    np.testing.assert_allclose(batched(mix, sample_rate=8000)['waveforms'], out['waveforms'], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize('inputs, kwargs, error, message', [
