@@ -205,8 +205,8 @@ def _add_separation_options(parser: argparse.ArgumentParser, chunk_default: floa
     group.add_argument('--overlap-seconds', type=float, default=1.0, metavar='S',
                        help='overlap between chunks, used to keep speakers in order and to cross-fade (default: 1)')
     group.add_argument('--batch-chunks', type=int, default=1, metavar='N',
-                       help='separate up to N chunks of a long input in one batch: bigger GEMMs, N times the '
-                            'activation memory, the same output to float rounding (default: 1)')
+                       help='separate up to N chunks of a long input in one batch (for GPUs: on CPUs it measured '
+                            'slower), N times the activation memory, the same output (default: 1)')
     group.add_argument('--precision', choices=PRECISION_CHOICES, default='fp32',
                        help='fp32, or bf16/fp16 autocast (fp16 on CUDA only) (default: fp32)')
     group.add_argument('--subtype', choices=('PCM_16', 'PCM_24', 'FLOAT'), default='PCM_16',
