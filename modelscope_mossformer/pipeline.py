@@ -101,15 +101,15 @@ class MossFormerSeparationPipeline(Pipeline):
         chunk_seconds: chunk length for long inputs (None: whole input at once).
         overlap_seconds: overlap between chunks.
         precision: 'fp32', 'bf16' or 'fp16'.
-        batch_chunks: chunks of a long input separated together in one batch (`SeparationEngine`).
         gate_inactive: default for each call's ``gate_inactive``: silence outputs where they are inactive.
         activity_settings: the activity rule's constants (`activity.ActivitySettings`).
+        batch_chunks: chunks of a long input separated together in one batch (`SeparationEngine`).
         device: 'cpu', 'cuda', 'gpu'... (ModelScope's device names).
     """
 
     def __init__(self, model: Any, chunk_seconds: Optional[float] = 8.0, overlap_seconds: float = 1.0,
-                 precision: str = 'fp32', batch_chunks: int = 1, gate_inactive: bool = False,
-                 activity_settings: ActivitySettings = DEFAULT_SETTINGS, **kwargs: Any) -> None:
+                 precision: str = 'fp32', gate_inactive: bool = False,
+                 activity_settings: ActivitySettings = DEFAULT_SETTINGS, batch_chunks: int = 1, **kwargs: Any) -> None:
         if not isinstance(activity_settings, ActivitySettings):
             raise TypeError(f'activity_settings must be an ActivitySettings, got {type(activity_settings).__name__}')
         self.gate_inactive = bool(gate_inactive)
