@@ -252,15 +252,10 @@ class ExportGraph(nn.Module):
     def __init__(self, separator: nn.Module) -> None:
         super().__init__()
         self.separator = separator
-        self.num_spks = separator.config.num_spks
 
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
-        b, num_samples = mix.shape
-        model = self.separator
-        frames = model.encoder(mix)  # [B, N, L]
-        masks = model.masker(frames)  # [B, C, N, L]
-        separated = (frames.unsqueeze(1) * masks).flatten(0, 1)  # [B*C, N, L]
-        est_sources = model.decoder(separated).reshape(b, self.num_spks, -1)  # [B, C, T']
+        num_samples = mix.shape[-1]
+        est_sources = self.separator.sources(mix)  # [B, C, T']
         return F.pad(est_sources, (0, num_samples - est_sources.shape[-1]))  # [B, C, T]
 
 

@@ -125,9 +125,13 @@ def takes_onednn(*tensors: torch.Tensor) -> bool:
 def plain_eager_cpu() -> bool:
     """No CPU autocast, tracing, ONNX export or compilation in progress: the state in which the
     models may replace ordinary ops by oneDNN calls or reused buffers."""
-    if torch.is_autocast_enabled('cpu') or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        return False
-    return not torch.compiler.is_compiling()
+    return not (torch.is_autocast_enabled('cpu') or capturing())
+
+
+def capturing() -> bool:
+    """Whether tracing, ONNX export (torch.export) or compilation is in progress: the models then
+    run their plain graph (convolutions, no oneDNN calls, no views whose shapes depend on the input)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
 def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],

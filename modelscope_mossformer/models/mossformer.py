@@ -14,8 +14,9 @@ import torch.utils.checkpoint
 from torch import nn
 
 from .configs import MossFormerConfig
+from . import gemm
 from .layers import (ConvDecoder, ConvEncoder, GatedAttentionUnit, ScaledSinusoidalEmbedding, at_least_float32,
-                     channel_norm, float32_region, reused_buffers)
+                     channel_norm, float32_region, frames_first_norm, reused_buffers)
 
 
 class MossFormerLayer(nn.Module):
@@ -82,10 +83,42 @@ class MaskNet(nn.Module):
         self.mask_proj = nn.Conv1d(model_dim, enc_channels, 1, bias=False)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """[B, N, L] -> masks [B, C, N, L]."""
-        b, _, num_frames = frames.shape
+        """Encoder frames [B, L, N] -> masks [B, L, C, N]."""
+        b, num_frames, _ = frames.shape
         # under reduced-precision autocast only the sequence model runs in it: the mask head is
-        # float32 (a sixtieth of the FLOPs; rounding its weights alone costs about 10 dB of fidelity)
+        # float32 (a sixtieth of the FLOPs; rounding its weights alone costs about 10 dB of fidelity).
+        # Frames-first throughout: the 1x1 convs are GEMMs on [.., L, channels] (oneDNN's 1x1 conv on
+        # [B, C, L] ran at less than half the GEMMs' rate), and the sequence model's input and output
+        # are not transposed
+        with float32_region(frames):
+            normed = frames_first_norm(self.in_norm, at_least_float32(frames))
+            x = gemm.linear(normed, self.in_proj.weight.squeeze(-1))  # [B, L, D]
+            if self.pos_enc is not None:
+                x = x + self.pos_enc(num_frames)  # + [L, D]
+        h = self.sequence(x)  # [B, L, D]
+        with float32_region(frames):
+            h = frames_first_norm(self.seq_norm, at_least_float32(h))
+            if self.skip_around_seq:
+                h = h + x
+            h = gemm.linear(self.prelu(h), self.out_proj.weight.squeeze(-1), self.out_proj.bias)  # [B, L, C*D]
+            h = h.view(b, num_frames, self.num_spks, -1)  # [B, L, C, D]
+            gates = gemm.linear(h, torch.cat((self.gate_tanh.weight, self.gate_sigmoid.weight)).squeeze(-1),
+                                torch.cat((self.gate_tanh.bias, self.gate_sigmoid.bias)))  # [B, L, C, 2D]
+            tanh, sigmoid = gates.chunk(2, dim=-1)
+            if torch.is_grad_enabled():
+                h = torch.tanh(tanh) * torch.sigmoid(sigmoid)
+            else:
+                h = tanh.tanh_().mul_(sigmoid.sigmoid_())
+            return gemm.linear(h, self.mask_proj.weight.squeeze(-1), None, 'relu')  # [B, L, C, N]
+
+
+    def channels_first(self, frames: torch.Tensor) -> torch.Tensor:
+        """The same masks from channels-first frames: [B, N, L] -> [B, C, N, L], with 1x1 convolutions.
+
+        The graph traced, exported and compiled: it has no views whose shapes depend on the batch
+        or the length (torch.export would turn those into guards that pin the batch size).
+        """
+        b, _, num_frames = frames.shape
         with float32_region(frames):
             x = self.in_proj(self.in_norm(at_least_float32(frames)))  # [B, D, L]
             if self.pos_enc is not None:
@@ -100,7 +133,6 @@ class MaskNet(nn.Module):
             h = torch.tanh(self.gate_tanh(h)) * torch.sigmoid(self.gate_sigmoid(h))
             masks = F.relu(self.mask_proj(h))  # [B*C, N, L]
         return masks.reshape(b, self.num_spks, -1, num_frames)
-
 
 class MossFormer(nn.Module):
     """MossFormer separator: mixture [B, T] -> sources [B, C, T].
@@ -154,6 +186,22 @@ class MossFormer(nn.Module):
     def _build_layers(self, config: MossFormerConfig) -> List[nn.Module]:
         return [MossFormerLayer(block) for block in self._attention_blocks(config)]
 
+    def sources(self, mix: torch.Tensor) -> torch.Tensor:
+        """Encoder, mask net and decoder without checks: [B, T] -> [B, C, T'], T' = (L - 1) * S + K <= T."""
+        if gemm.capturing():  # traced, exported or compiled: the channels-first graph
+            b = mix.shape[0]
+            with float32_region(mix):  # the filterbanks stay float32 under reduced-precision autocast
+                frames = self.encoder(at_least_float32(mix))  # [B, N, L]
+            masks = self.masker.channels_first(frames)  # [B, C, N, L]
+            with float32_region(mix):
+                separated = (frames.unsqueeze(1) * masks).flatten(0, 1)  # [B*C, N, L]
+                return self.decoder(separated).reshape(b, self.num_spks, -1)  # [B, C, T']
+        with float32_region(mix):
+            frames = self.encoder.frames_first(at_least_float32(mix))  # [B, L, N]
+        masks = self.masker(frames)  # [B, L, C, N]
+        with float32_region(mix):
+            return self.decoder.frames_first(frames.unsqueeze(2) * masks)  # [B, C, T']
+
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
         """Separate a batch of mixtures.
 
@@ -165,16 +213,11 @@ class MossFormer(nn.Module):
         """
         if mix.dim() != 2:
             raise ValueError(f'{type(self).__name__} expects mixtures shaped [batch, time], got {tuple(mix.shape)}')
-        b, num_samples = mix.shape
+        num_samples = mix.shape[-1]
         if num_samples < self.config.enc_kernel_size:
             raise ValueError(f'input has {num_samples} samples; at least enc_kernel_size='
                              f'{self.config.enc_kernel_size} are needed')
-        with float32_region(mix):  # the filterbanks stay float32 under reduced-precision autocast
-            frames = self.encoder(at_least_float32(mix))  # [B, N, L]
-        masks = self.masker(frames)  # [B, C, N, L]
-        with float32_region(mix):
-            separated = (frames.unsqueeze(1) * masks).flatten(0, 1)  # [B*C, N, L]
-            est_sources = self.decoder(separated).reshape(b, self.num_spks, -1)  # [B, C, T']
+        est_sources = self.sources(mix)  # [B, C, T']
         excess = est_sources.shape[-1] - num_samples
         if excess > 0:
             est_sources = est_sources[..., :num_samples]

@@ -130,9 +130,14 @@ def test_models_through_onednn_are_as_close_to_float64_as_through_blas(kind):
         errors[backend] = output_error, {name: _relative(p.grad, dict(exact.named_parameters())[name].grad)
                                          for name, p in model.named_parameters() if p.grad is not None}
     # float32 sums of 1e3-1e5 terms: 1e-7..1e-5 relative; one bfloat16 step anywhere would give 1e-3.
-    # A gradient that is itself a small difference (PReLU's slope) has errors of 1e-4 through BLAS too.
+    # A one-number parameter (a ScaleNorm gain, a PReLU slope) has as its gradient one sum over every
+    # frame and channel whose terms largely cancel: its float32 error depends on the summation order
+    # alone, from 1.6e-6 to 1.0e-3 through either backend over seeds 0-5 of this test (measured), so it
+    # is held to 5e-3 only; the matrices, where a bfloat16 step would show, keep the tight bound.
     assert errors['onednn'][0] < 1e-5
     blas_grads, onednn_grads = errors['blas'][1], errors['onednn'][1]
     assert onednn_grads.keys() == blas_grads.keys() and len(blas_grads) > 20
+    sizes = {name: p.numel() for name, p in model.named_parameters()}
+    assert sum(sizes[name] > 1 for name in onednn_grads) > 20
     for name, error in onednn_grads.items():
-        assert error < max(1e-5, 10 * blas_grads[name]), name
+        assert error < max(1e-5, 10 * blas_grads[name], 5e-3 if sizes[name] == 1 else 0), name
