@@ -20,6 +20,9 @@ Sections (``--sections``, all by default):
   update, batch 1, 4 s segments as in the released recipe, dropout on): ours vs the reference, ours in
   bf16 autocast, and ours with activation checkpointing; the largest relative gradient
   difference to the reference (dropout off for that check).
+* ``profile``: what remains, as the operators that take most of our forward's time (``torch.profiler``,
+  self CPU time, 4 s, float32 and bf16, ``--profile-blocks`` blocks: the blocks are identical, so a few
+  give the shares of a full model's time).
 * ``memory`` (run first): peak resident memory of a training step (forward + backward) for 2 s and
   4 s segments, with and without activation checkpointing, each in a fresh process;
   memory per second of training audio = the difference / 2 s.
@@ -57,7 +60,7 @@ RATE = 8000
 MAX_ABS_DIFF = 1e-4
 CONFIGS: Dict[str, Callable] = {'mossformer': mossformer_large, 'mossformer2': mossformer2_base}
 LABELS = {'mossformer': 'MossFormer(L)', 'mossformer2': 'MossFormer2'}
-SECTIONS = ('peak', 'inference', 'bf16', 'train', 'memory')
+SECTIONS = ('peak', 'inference', 'bf16', 'train', 'memory', 'profile')
 
 
 def log(message: str) -> None:
@@ -332,6 +335,32 @@ def bench_memory(name: str, threads: int) -> Dict[str, Any]:
     return results
 
 
+def bench_profile(name: str, blocks: int, top: int = 12) -> Dict[str, Any]:
+    """Top operators by self CPU time of one 4 s forward of `name` with `blocks` blocks, fp32 and bf16."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    model = build_separator(config_of(name, blocks)).eval()
+    mix = speech_mixture(4.0)
+    result: Dict[str, Any] = {'model': LABELS[name], 'blocks': blocks}
+    for precision in ('fp32', 'bf16'):
+        def forward():
+            with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=precision == 'bf16'):
+                return model(mix)
+        forward()  # warm-up
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            forward()
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        total_ms = sum(e.self_cpu_time_total for e in events) / 1e3
+        rows = [{'op': e.key, 'calls': e.count, 'self_ms': e.self_cpu_time_total / 1e3} for e in events[:top]]
+        result[precision] = {'total_ms': total_ms, 'top': rows}
+        log(f'  {LABELS[name]:<14} {precision} profile, {blocks} blocks, 4 s: {total_ms:.0f} ms self CPU time')
+        for row in rows:
+            log(f'    {row["op"]:<48} {row["calls"]:>5} calls {row["self_ms"]:>9.1f} ms '
+                f'({100 * row["self_ms"] / total_ms:4.1f} %)')
+    return result
+
+
 # ---------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------
@@ -390,6 +419,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--repeats', type=int, default=3, help='timed runs per configuration (default 3)')
     parser.add_argument('--num-blocks', type=int, default=None,
                         help='blocks per model (default: the released 24); fewer for a quick smoke run')
+    parser.add_argument('--profile-blocks', type=int, default=6, help='blocks in the profiled models (default 6)')
     parser.add_argument('--json', type=Path, default=None, help='also write the results to this JSON file')
     parser.add_argument('--child', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -430,6 +460,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if 'train' in args.sections:
         log('training step ...')
         result['train'] = [bench_train(name, args.train_seconds, args.repeats) for name in args.models]
+    if 'profile' in args.sections:
+        log('profile (top operators by self CPU time) ...')
+        result['profile'] = [bench_profile(name, args.profile_blocks) for name in args.models]
     add_floors(result)
     print_summary(result)
     failures = [f'{r["model"]} {r["seconds"]:g} s: max|diff| {r["max_abs_diff"]:.2e}'

@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 ENV_VAR = 'MOSSFORMER_CPU_GEMM'
 BACKENDS = ('auto', 'onednn', 'blas')
-_ACTIVATIONS = {None: 'none', 'silu': 'swish', 'relu': 'relu'}
+_ACTIVATIONS = {None: 'none', 'silu': 'swish'}
 
 _SMALL_BYTES = 4 << 20  # matmul copies a transposed right operand up to this size
 _state = {'requested': None, 'resolved': None}
@@ -167,12 +167,16 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
            activation: Optional[str] = None) -> torch.Tensor:
     """activation(x W^T + b) for x [.., K], weight [N, K] (views allowed) -> [.., N].
 
-    activation: None, 'silu' or 'relu'; through oneDNN it is fused into the GEMM (no second
-    pass over the output); with autograd on it is applied as a separate op.
+    activation: None, 'silu' or 'relu'; through oneDNN SiLU is fused into the GEMM (no second
+    pass over the output); ReLU is not (oneDNN's ReLU post-op maps NaN to 0, which would hide a
+    non-finite weight or input: it runs as PyTorch's in-place ReLU, which keeps NaN); with autograd
+    on the activation is a separate op.
     """
     if takes_onednn(x, weight, *(() if bias is None else (bias,))):
         if not torch.is_grad_enabled() or not (x.requires_grad or weight.requires_grad
                                                or (bias is not None and bias.requires_grad)):
+            if activation == 'relu':
+                return activate(_onednn_linear(x, weight, bias), activation)
             return _onednn_linear(x, weight, bias, activation)
         out = _OneDnnLinear.apply(x, weight, bias)
     else:

@@ -430,8 +430,8 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     """activation(F.linear(x, weight, bias)), at inference into a reused buffer for `role` (the GEMM
     F.linear runs; the activation in place).
 
-    Where oneDNN runs the float32 GEMMs (models.gemm), its output is a new tensor instead, with the
-    activation fused into the GEMM.
+    Where oneDNN runs the float32 GEMMs (models.gemm), its output is a new tensor instead, with SiLU
+    fused into the GEMM (ReLU in place after it: oneDNN's would turn NaN into 0).
     """
     if takes_onednn(x, weight):
         return gemm.linear(x, weight, bias, activation)

@@ -85,6 +85,33 @@ def test_linear_equals_torch_on_views_and_leading_axes(activation):
     assert _relative(product, x.double() @ weight.double().t()) < 1e-6
 
 
+@pytest.mark.parametrize('backend', ['blas', pytest.param('onednn', marks=needs_onednn)])
+@pytest.mark.parametrize('activation', [None, 'silu', 'relu'])
+def test_a_nan_stays_nan_through_every_activation(backend, activation):
+    """oneDNN's fused ReLU maps NaN to 0: a NaN weight or input must not vanish from the output."""
+    gemm.set_cpu_gemm_backend(backend)
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+    x[1, 3] = float('nan')
+    with torch.no_grad():
+        out = gemm.linear(x, torch.randn(5, 8), torch.randn(5), activation)
+    assert torch.isnan(out[1]).all() and torch.isfinite(out[[0, 2, 3]]).all()
+
+
+@pytest.mark.parametrize('backend', ['blas', pytest.param('onednn', marks=needs_onednn)])
+@pytest.mark.parametrize('kind', ['mossformer', 'mossformer2'])
+@pytest.mark.parametrize('weight', ['encoder.conv.weight', 'masker.in_proj.weight', 'masker.mask_proj.weight'])
+def test_a_nan_weight_gives_a_nan_separation(backend, kind, weight):
+    """The trainer and `mossformer average` reject non-finite scores: a poisoned checkpoint must show."""
+    gemm.set_cpu_gemm_backend(backend)
+    torch.manual_seed(0)
+    model = build_separator((mossformer_tiny if kind == 'mossformer' else mossformer2_tiny)(num_blocks=1)).eval()
+    with torch.no_grad():
+        dict(model.named_parameters())[weight].view(-1)[0] = float('nan')
+    with torch.inference_mode():
+        out = model(0.1 * torch.randn(1, 800, generator=torch.Generator().manual_seed(1)))
+    assert torch.isnan(out).any()
+
+
 @needs_onednn
 def test_linear_gradients_through_onednn_equal_autograd():
     generator = torch.Generator().manual_seed(1)
