@@ -21,8 +21,8 @@ Sections (``--sections``, all by default):
   bf16 autocast, and ours with activation checkpointing; the largest relative gradient
   difference to the reference (dropout off for that check).
 * ``profile``: what remains, as the operators that take most of our forward's time (``torch.profiler``,
-  self CPU time, 4 s, float32 and bf16, ``--profile-blocks`` blocks: the blocks are identical, so a few
-  give the shares of a full model's time).
+  self CPU time, 4 s, float32 and bf16, ``--profile-blocks`` blocks, 6 by default: the blocks are
+  identical, so a few give each operator's share of a block).
 * ``memory`` (run first): peak resident memory of a training step (forward + backward) for 2 s and
   4 s segments, with and without activation checkpointing, each in a fresh process;
   memory per second of training audio = the difference / 2 s.
@@ -419,7 +419,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--repeats', type=int, default=3, help='timed runs per configuration (default 3)')
     parser.add_argument('--num-blocks', type=int, default=None,
                         help='blocks per model (default: the released 24); fewer for a quick smoke run')
-    parser.add_argument('--profile-blocks', type=int, default=6, help='blocks in the profiled models (default 6)')
+    parser.add_argument('--profile-blocks', type=int, default=None,
+                        help='blocks in the profiled models (default: --num-blocks if given, else 6)')
     parser.add_argument('--json', type=Path, default=None, help='also write the results to this JSON file')
     parser.add_argument('--child', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -462,7 +463,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         result['train'] = [bench_train(name, args.train_seconds, args.repeats) for name in args.models]
     if 'profile' in args.sections:
         log('profile (top operators by self CPU time) ...')
-        result['profile'] = [bench_profile(name, args.profile_blocks) for name in args.models]
+        blocks = args.profile_blocks or NUM_BLOCKS or 6
+        result['profile'] = [bench_profile(name, blocks) for name in args.models]
     add_floors(result)
     print_summary(result)
     failures = [f'{r["model"]} {r["seconds"]:g} s: max|diff| {r["max_abs_diff"]:.2e}'

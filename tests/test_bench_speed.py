@@ -34,7 +34,23 @@ def test_bench_speed_smoke_run_reports_every_section(tmp_path):
     assert train['norm_rel_grad_diff'] < 5e-3 and train['ours_s'] > 0
     (memory,) = result['memory']
     assert memory['plain']['step_mb_4s'] > 0 and memory['checkpointed']['step_mb_4s'] > 0
+    (profile,) = result['profile']
+    for precision in ('fp32', 'bf16'):
+        top = profile[precision]['top']
+        assert profile['blocks'] == 1 and len(top) > 5 and profile[precision]['total_ms'] > 0
+        assert top == sorted(top, key=lambda row: -row['self_ms'])
+        assert any('linear' in row['op'] or 'mm' in row['op'] for row in top)  # the GEMMs are among them
     assert '== summary ==' in proc.stdout
+
+
+def test_bench_mask_head_compares_the_two_graphs(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / 'bench' / 'bench_mask_head.py'), '--model', 'mossformer', '--blocks', '1',
+         '--seconds', '0.5', '--repeats', '1', '--threads', '1'], capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (line,) = [line for line in proc.stdout.splitlines() if 'frames-first' in line]
+    # float32 GEMMs against convolutions over the same products: rounding of sums of up to 1024 terms
+    assert float(line.rsplit(' ', 1)[1]) < 1e-5
 
 
 def test_bench_bf16_training_smoke_run_reports_both_curves(tmp_path):
