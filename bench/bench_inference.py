@@ -9,6 +9,9 @@ per configuration runs:
 * ``batched``: the same chunks, ``--batch-chunks`` of them (default 4) per forward pass
   (`SeparationEngine(batch_chunks=...)`); ``vs chunked`` is its time over ``chunked``'s and
   ``max diff`` the largest difference of its outputs from ``chunked``'s;
+* ``tuned_malloc``: ``chunked`` in a process whose glibc malloc keeps the memory it frees
+  (``GLIBC_TUNABLES=`` the `TUNED_MALLOC` below: no mmap for large blocks, no heap trimming);
+  ``vs chunked`` and ``max diff`` as for ``batched``;
 * ``whole``: `batch.separate_file` without chunking (one forward pass);
 * ``builtin``: ModelScope's own `SeparationPipeline` and model classes (this
   package is not imported in that process) on the same model dir, whole file,
@@ -45,10 +48,12 @@ from proc_memory import current_mb, peak_mb  # bench/, this script's folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RATE = 8000
-MODES = ('chunked', 'batched', 'whole', 'builtin')
+MODES = ('chunked', 'batched', 'tuned_malloc', 'whole', 'builtin')
 MODELS = {'mossformer': 'MossFormer(L)', 'mossformer2': 'MossFormer2'}
 CHUNK_SECONDS, OVERLAP_SECONDS = 8.0, 1.0
 RESULT_PREFIX = 'RESULT '
+# glibc malloc settings of the tuned_malloc mode: every block from the heap, freed memory kept there
+TUNED_MALLOC = 'glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184'
 
 
 # ---------------------------------------------------------------------------
@@ -87,7 +92,7 @@ def run_child(spec: Dict[str, Any]) -> Dict[str, Any]:
         from modelscope_mossformer.inference import SeparationEngine
 
         model = Model.from_pretrained(spec['model_dir']).eval()
-        chunk = CHUNK_SECONDS if spec['mode'] in ('chunked', 'batched') else None
+        chunk = CHUNK_SECONDS if spec['mode'] in ('chunked', 'batched', 'tuned_malloc') else None
         engine = SeparationEngine(model.separator, model.sample_rate, chunk_seconds=chunk,
                                   overlap_seconds=OVERLAP_SECONDS,
                                   batch_chunks=spec['batch_chunks'] if spec['mode'] == 'batched' else 1)
@@ -161,6 +166,8 @@ def available_mb() -> float:
 def run_configuration(spec: Dict[str, Any], max_rss_mb: float, timeout: float) -> Dict[str, Any]:
     """Run one configuration in a fresh process under the memory watchdog."""
     env = dict(os.environ)
+    if spec['mode'] == 'tuned_malloc':
+        env['GLIBC_TUNABLES'] = ':'.join(p for p in (env.get('GLIBC_TUNABLES'), TUNED_MALLOC) if p)
     env['PYTHONPATH'] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get('PYTHONPATH')) if p)
     if spec['mode'] == 'builtin':  # keep this package out of the built-in's process
         env['PYTHONPATH'] = os.pathsep.join(p for p in env['PYTHONPATH'].split(os.pathsep)
@@ -215,13 +222,13 @@ def parity_db(out_dir: Path) -> Optional[float]:
     return float(score)
 
 
-def batched_against_chunked(out_dir: Path) -> Optional[float]:
-    """Largest absolute difference of the batched outputs from the chunk-by-chunk ones, if both exist."""
+def against_chunked(out_dir: Path, mode: str) -> Optional[float]:
+    """Largest absolute difference of `mode`'s outputs from the chunk-by-chunk ones, if both exist."""
     import numpy as np
     import soundfile
 
     chunked = sorted(out_dir.glob('chunked_s*.wav'))
-    batched = sorted(out_dir.glob('batched_s*.wav'))
+    batched = sorted(out_dir.glob(f'{mode}_s*.wav'))
     if not chunked or len(chunked) != len(batched):
         return None
     return max(float(np.abs(soundfile.read(str(a), dtype='float32')[0]
@@ -229,7 +236,7 @@ def batched_against_chunked(out_dir: Path) -> Optional[float]:
 
 
 def print_table(rows: List[Dict[str, Any]]) -> None:
-    header = (f'{"model":<14} {"length":>7} {"mode":<8} {"RTF":>7} {"sep s":>8} {"load s":>7} '
+    header = (f'{"model":<14} {"length":>7} {"mode":<12} {"RTF":>7} {"sep s":>8} {"load s":>7} '
               f'{"peak MB":>8} {"sep MB":>8} {"parity dB":>9} {"vs chunked":>10} {"max diff":>9}  status')
     print(header)
     print('-' * len(header))
@@ -239,7 +246,7 @@ def print_table(rows: List[Dict[str, Any]]) -> None:
             return format(value, fmt) if isinstance(value, (int, float)) else '-'.rjust(int(fmt[1:].split('.')[0]))
 
         peak = row.get('peak_rss_mb', row['watched_peak_rss_mb'] if row['status'] != 'ok' else None)
-        print(f'{MODELS[row["model"]]:<14} {row["seconds"]:>6g}s {row["mode"]:<8} {number("rtf", ">7.3f")} '
+        print(f'{MODELS[row["model"]]:<14} {row["seconds"]:>6g}s {row["mode"]:<12} {number("rtf", ">7.3f")} '
               f'{number("elapsed_s", ">8.1f")} {number("load_s", ">7.1f")} '
               f'{format(peak, ">8.0f") if peak is not None else "       -"} {number("separation_mb", ">8.0f")} '
               f'{number("parity_db", ">9.1f")} {number("vs_chunked", ">10.3f")} {number("max_diff", ">9.1e")}  '
@@ -308,11 +315,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             builtin = [r for r in rows if r['model'] == name and r['seconds'] == seconds and r['mode'] == 'builtin']
             if builtin and builtin[0]['status'] == 'ok':
                 builtin[0]['parity_db'] = parity_db(out_dir)
-            chunked, batched = ([r for r in rows if r['model'] == name and r['seconds'] == seconds
-                                 and r['mode'] == mode and r['status'] == 'ok'] for mode in ('chunked', 'batched'))
-            if chunked and batched:
-                batched[0]['vs_chunked'] = batched[0]['elapsed_s'] / chunked[0]['elapsed_s']
-                batched[0]['max_diff'] = batched_against_chunked(out_dir)
+            chunked, *others = ([r for r in rows if r['model'] == name and r['seconds'] == seconds
+                                 and r['mode'] == mode and r['status'] == 'ok']
+                                for mode in ('chunked', 'batched', 'tuned_malloc'))
+            for other in others:
+                if chunked and other:
+                    other[0]['vs_chunked'] = other[0]['elapsed_s'] / chunked[0]['elapsed_s']
+                    other[0]['max_diff'] = against_chunked(out_dir, other[0]['mode'])
     print()
     print_table(rows)
     if args.json is not None:
