@@ -308,11 +308,11 @@ class ConvEncoder(nn.Module):
 
     def frames_first(self, mix: torch.Tensor) -> torch.Tensor:
         """The same filterbank, [B, T] -> [B, L, N]: one GEMM over the input's windows where the
-        kernel is a multiple of the stride (as released: 16 and 8). Traced, exported or compiled, it is
-        the convolution (the windows' view would tie the exported graph to lengths that are multiples of S).
+        kernel is a multiple of the stride (as released: 16 and 8), else the convolution. (Traced,
+        exported and compiled graphs call the module itself: `MossFormer.sources`.)
         """
         kernel, stride = self.conv.kernel_size[0], self.conv.stride[0]
-        if kernel % stride or gemm.capturing():
+        if kernel % stride:
             return self(mix).transpose(1, 2)
         return gemm.linear(_windows(mix, kernel, stride), self.conv.weight.squeeze(1), None, 'relu')
 

@@ -111,7 +111,6 @@ class MaskNet(nn.Module):
                 h = tanh.tanh_().mul_(sigmoid.sigmoid_())
             return gemm.linear(h, self.mask_proj.weight.squeeze(-1), None, 'relu')  # [B, L, C, N]
 
-
     def channels_first(self, frames: torch.Tensor) -> torch.Tensor:
         """The same masks from channels-first frames: [B, N, L] -> [B, C, N, L], with 1x1 convolutions.
 
@@ -133,6 +132,7 @@ class MaskNet(nn.Module):
             h = torch.tanh(self.gate_tanh(h)) * torch.sigmoid(self.gate_sigmoid(h))
             masks = F.relu(self.mask_proj(h))  # [B*C, N, L]
         return masks.reshape(b, self.num_spks, -1, num_frames)
+
 
 class MossFormer(nn.Module):
     """MossFormer separator: mixture [B, T] -> sources [B, C, T].

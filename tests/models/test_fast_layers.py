@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from modelscope_mossformer.models import build_separator, mossformer2_tiny, mossformer_tiny
 from modelscope_mossformer.models.layers import DenseLayer, GatedAttentionUnit, depthwise_conv_frames, with_identity_tap
 
 
@@ -343,3 +344,22 @@ def test_training_never_takes_reused_buffers(kind, monkeypatch):
     assert len(plain) == len(with_small_threshold) > 0
     for a, b in zip(plain, with_small_threshold):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize('factory', [mossformer_tiny, mossformer2_tiny])
+@pytest.mark.parametrize('kernel, stride', [(16, 8), (12, 4), (5, 2)])
+def test_frames_first_graph_equals_the_channels_first_one(monkeypatch, factory, kernel, stride):
+    """The eager frames-first mask head and filterbanks (one GEMM per filterbank where K is a multiple
+    of S, here 2 and 3 hops per window; the convolutions where it is not) against the channels-first
+    graph that tracing and export run, on the same weights and an input whose length is not a multiple of S."""
+    from modelscope_mossformer.models import gemm
+
+    model = build_separator(factory(num_blocks=1, enc_kernel_size=kernel, enc_stride=stride)).eval()
+    mix = torch.randn(2, 1001, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        frames_first = model(mix)
+        monkeypatch.setattr(gemm, 'capturing', lambda: True)
+        channels_first = model(mix)
+    assert frames_first.shape == channels_first.shape == (2, 2, 1001)
+    # float32 sums of up to 64 terms in another order: about 1e-7 relative
+    assert float((frames_first - channels_first).abs().max() / channels_first.abs().max()) < 1e-5
