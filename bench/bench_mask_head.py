@@ -2,8 +2,9 @@
 
 `MossFormer.sources` runs the encoder, the mask head and the decoder frames-first in eager mode: the
 mask head's 1x1 convs as GEMMs on [B, L, channels] and each filterbank as one GEMM. The traced,
-exported and compiled graph keeps the channels-first convolutions (`MaskNet.channels_first`, the
-encoder's Conv1d, the decoder's ConvTranspose1d). This script times both on the same model and input,
+exported and compiled graph keeps the channels-first convolutions (`MossFormer.channels_first_sources`:
+the encoder's Conv1d, `MaskNet.channels_first`, the decoder's ConvTranspose1d). This script times both
+(`sources` against `channels_first_sources`) on the same model and input,
 interleaved in one process, and prints their largest relative output difference:
 
     python bench/bench_mask_head.py --model mossformer --seconds 4,60 --blocks 1
@@ -16,24 +17,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from types import MethodType
 from typing import List, Optional
 
 import torch
 from bench_speed import config_of, interleaved, speech_mixture  # bench/, this script's folder
 
 from modelscope_mossformer.models import build_separator
-from modelscope_mossformer.models.layers import at_least_float32, float32_region
-
-
-def channels_first_sources(self, mix: torch.Tensor) -> torch.Tensor:
-    """`MossFormer.sources` as its traced/exported graph computes it: [B, T] -> [B, C, T']."""
-    with float32_region(mix):
-        frames = self.encoder(at_least_float32(mix))  # [B, N, L]
-    masks = self.masker.channels_first(frames)  # [B, C, N, L]
-    with float32_region(mix):
-        separated = (frames.unsqueeze(1) * masks).flatten(0, 1)  # [B*C, N, L]
-        return self.decoder(separated).reshape(mix.shape[0], self.num_spks, -1)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -48,23 +37,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = build_separator(config_of(args.model, args.blocks)).eval()
-    frames_first = model.sources
     for seconds in (float(s) for s in args.seconds.split(',') if s.strip()):
         mix = speech_mixture(seconds)
 
         def run(sources):
             def forward():
-                model.sources = sources
                 with torch.inference_mode(), torch.autocast('cpu', torch.bfloat16, enabled=args.bf16):
-                    return model(mix)
+                    return sources(mix)
             return forward
 
-        fns = {'channels_first': run(MethodType(channels_first_sources, model)), 'frames_first': run(frames_first)}
+        fns = {'channels_first': run(model.channels_first_sources), 'frames_first': run(model.sources)}
         outputs = {}
         for fn in fns.values():
             fn()  # warm-up
         times = interleaved(fns, args.repeats, outputs)
-        model.sources = frames_first
         old, new = min(times['channels_first']), min(times['frames_first'])
         diff = float((outputs['frames_first'] - outputs['channels_first']).abs().max()
                      / outputs['channels_first'].abs().max())

@@ -188,19 +188,23 @@ class MossFormer(nn.Module):
 
     def sources(self, mix: torch.Tensor) -> torch.Tensor:
         """Encoder, mask net and decoder without checks: [B, T] -> [B, C, T'], T' = (L - 1) * S + K <= T."""
-        if gemm.capturing():  # traced, exported or compiled: the channels-first graph
-            b = mix.shape[0]
-            with float32_region(mix):  # the filterbanks stay float32 under reduced-precision autocast
-                frames = self.encoder(at_least_float32(mix))  # [B, N, L]
-            masks = self.masker.channels_first(frames)  # [B, C, N, L]
-            with float32_region(mix):
-                separated = (frames.unsqueeze(1) * masks).flatten(0, 1)  # [B*C, N, L]
-                return self.decoder(separated).reshape(b, self.num_spks, -1)  # [B, C, T']
-        with float32_region(mix):
+        if gemm.capturing():  # traced, exported or compiled
+            return self.channels_first_sources(mix)
+        with float32_region(mix):  # the filterbanks stay float32 under reduced-precision autocast
             frames = self.encoder.frames_first(at_least_float32(mix))  # [B, L, N]
         masks = self.masker(frames)  # [B, L, C, N]
         with float32_region(mix):
             return self.decoder.frames_first(frames.unsqueeze(2) * masks)  # [B, C, T']
+
+    def channels_first_sources(self, mix: torch.Tensor) -> torch.Tensor:
+        """`sources` through the channels-first graph (the encoder's Conv1d, 1x1 convs in the mask head,
+        the decoder's ConvTranspose1d): what traced, exported and compiled graphs run."""
+        with float32_region(mix):
+            frames = self.encoder(at_least_float32(mix))  # [B, N, L]
+        masks = self.masker.channels_first(frames)  # [B, C, N, L]
+        with float32_region(mix):
+            separated = (frames.unsqueeze(1) * masks).flatten(0, 1)  # [B*C, N, L]
+            return self.decoder(separated).reshape(mix.shape[0], self.num_spks, -1)  # [B, C, T']
 
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
         """Separate a batch of mixtures.
