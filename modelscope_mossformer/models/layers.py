@@ -377,6 +377,8 @@ class ScaledSinusoidalEmbedding(nn.Module):
 # reused buffers for inference
 # ---------------------------------------------------------------------------
 
+# frames per tile of GatedAttentionUnit's tiled inference forward (its `tile_frames`; 0: never tile)
+TILE_FRAMES = 1024
 _BUFFERS = threading.local()
 _REUSE_MIN_BYTES = 1 << 20  # (smaller ones are not worth a dictionary lookup)
 
@@ -418,11 +420,31 @@ def reusable(role: str, shape: Tuple[int, ...], like: torch.Tensor) -> Optional[
         return None
     if not gemm.plain_eager_cpu():
         return None
-    key = (role, tuple(shape), like.dtype, like.device)
+    return _pooled(role, shape, like.dtype, like.device)
+
+
+def _pooled(role: str, shape: Tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The open pool's buffer for `role`, shape and dtype (made on first use), or a new tensor
+    where no pool is open. For callers that write it with explicit copies or elementwise ops of
+    their own: unlike `reusable`, autocast does not matter here."""
+    pool = getattr(_BUFFERS, 'pool', None)
+    if pool is None or torch.is_grad_enabled() or gemm.capturing():
+        return torch.empty(shape, dtype=dtype, device=device)
+    key = (role, tuple(shape), dtype, device)
     buffer = pool.get(key)
     if buffer is None:
-        buffer = pool[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        buffer = pool[key] = torch.empty(shape, dtype=dtype, device=device)
     return buffer
+
+
+def _stream_buffer(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A buffer of x's shape for a block's output that is not x's own storage: the pool's two
+    'stream' buffers serve the blocks in turn (a block's input is the previous block's output)."""
+    for role in ('stream 0', 'stream 1'):
+        buffer = _pooled(role, tuple(x.shape), dtype, x.device)
+        if buffer.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
+            return buffer
+    raise AssertionError('both stream buffers share the block input\'s storage')  # (cannot happen: two differ)
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], role: str,
@@ -761,6 +783,64 @@ def _joint_attention_onednn(quad_q: torch.Tensor, lin_q: torch.Tensor, quad_k: t
     return out, lin_kv, masks
 
 
+def _tiled_gated_attention(quad_q: torch.Tensor, lin_q: torch.Tensor, quad_k: torch.Tensor, lin_k: torch.Tensor,
+                           vu: torch.Tensor, group_size: int, tiles) -> torch.Tensor:
+    """The joint attention of `_joint_attention_forward` at inference followed by the gate
+    (att_u * v) * sigmoid(att_v * u), tile by tile of frames (tiles of whole groups): [B, L, H/2].
+
+    The key-value summary is one GEMM over all frames; each tile's linear output is its own
+    GEMM, to which its groups' quadratic products are added, and the tile is gated in place in
+    a reused [B, L, H] buffer while it is still in cache. Same numbers as the whole-tensor path.
+    """
+    dtype = _attention_dtype(lin_q, vu)
+    b, n, hidden = vu.shape
+    width = quad_q.shape[-1]
+    with float32_region(vu):
+        values = vu.to(dtype)
+        onednn = takes_onednn(quad_q, lin_q, quad_k, lin_k, values)
+        if onednn:
+            lin_kv = torch.empty((b, lin_k.shape[-1], hidden), dtype=dtype, device=vu.device)
+            for item in range(b):
+                torch.div(gemm.matmul(lin_k[item].t(), values[item]), n, out=lin_kv[item])  # [S, H]
+        elif dtype == torch.promote_types(dtype, lin_q.dtype):
+            lin_kv = torch.matmul(lin_k.transpose(-1, -2).to(dtype), values) / n  # [B, S, H]
+        else:
+            lin_kv = _frame_summary(lin_k, values).div_(n)  # [B, S, H], float32
+        att = _pooled('tiled attention', (b, n, hidden), dtype, vu.device)
+        for start, stop in tiles:
+            if onednn:
+                linear = [gemm.matmul(lin_q[item, start:stop], lin_kv[item]) for item in range(b)]  # [T, H] each
+            elif lin_kv.dtype == dtype:
+                linear = torch.matmul(lin_q[:, start:stop].to(dtype), lin_kv)  # [B, T, H]
+            else:
+                linear = _split_matmul(lin_q[:, start:stop], lin_kv, dtype)
+            for first, last, size in _group_spans(stop - start, group_size):
+                first, last = start + first, start + last
+                q = quad_q[:, first:last].reshape(-1, size, width)  # [B*G, size, S]
+                k = quad_k[:, first:last].reshape(-1, size, width)
+                attn = torch.bmm(q, k.transpose(1, 2)).div_(group_size).relu_().square_().to(dtype)
+                groups = (last - first) // size
+                for item in range(b):
+                    item_values = values[item, first:last].view(groups, size, hidden)
+                    if onednn:  # each group's product, plus its linear output, straight into att
+                        for group in range(groups):
+                            rows = slice(first + group * size, first + (group + 1) * size)
+                            local = slice(rows.start - start, rows.stop - start)
+                            att[item, rows] = torch.ops.mkldnn._linear_pointwise.binary(
+                                attn[item * groups + group], linear[item][local], item_values[group].t(), None,
+                                'add')
+                        continue
+                    target = linear[item, first - start:last - start].view(groups, size, hidden)
+                    target.baddbmm_(attn[item * groups:(item + 1) * groups], item_values)
+            if not onednn:
+                att[:, start:stop] = linear
+            del linear
+            v, u = vu[:, start:stop].chunk(2, dim=-1)
+            att_v, att_u = att[:, start:stop].chunk(2, dim=-1)
+            att_v.mul_(u).sigmoid_().mul_(att_u).mul_(v)
+    return att[..., :hidden // 2]
+
+
 def _frame_summary(keys: torch.Tensor, values: torch.Tensor, blocks: int = 8) -> torch.Tensor:
     """keys^T @ values, [B, L, S] x [B, L, H] -> [B, S, H] in float32, from GEMMs in values' dtype.
 
@@ -959,26 +1039,17 @@ class GatedAttentionUnit(nn.Module):
         self.to_qk = ConvProjection(dim, query_key_dim, kernel_size=conv_kernel_size, dropout=dropout)
         self.qk_offset_scale = OffsetScale(query_key_dim, heads=4)
         self.to_out = ConvProjection(dim * 2, dim, kernel_size=conv_kernel_size, dropout=dropout)
+        # frames per tile of the tiled inference forward (rounded to whole groups; 0: never tile)
+        self.tile_frames = TILE_FRAMES
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, L, D] -> [B, L, D]."""
+        tiles = self._frame_tiles(x)
+        if tiles:
+            return self._tiled_forward(x, tiles)
         # token shift: half the channels see the previous frame
         h = _token_shift(x) if self.shift_tokens else x
-
-        # projections; under reduced-precision autocast the query/key path (its projection, the
-        # offset-scale and rotation, the within-group scores) stays float32: it is the most
-        # sensitive part (relu^2 of the scores doubles their relative error) and 6 % of the FLOPs
-        if isinstance(self.to_hidden.norm, ScaleNorm) and isinstance(self.to_qk.norm, ScaleNorm):
-            # both projections normalise h: one norm, each with its own gain
-            denominator = scalenorm_denominator(h, self.to_hidden.norm)
-            vu = self.to_hidden.scaled(h, self.to_hidden.norm.row_scale(denominator))  # [B, L, H]: v and u
-            with float32_region(h):
-                qk_scale = self.to_qk.norm.row_scale(at_least_float32(denominator))
-                qk = self.to_qk.scaled(at_least_float32(h), qk_scale)  # [B, L, S]
-        else:
-            vu = self.to_hidden(h)
-            with float32_region(h):
-                qk = self.to_qk(at_least_float32(h))
+        vu, qk = self._projections(h)  # [B, L, H]: v and u; [B, L, S]
         with float32_region(h):
             quad_q, lin_q, quad_k, lin_k = offset_scale_rotary(qk, self.qk_offset_scale.gamma,
                                                                self.qk_offset_scale.beta, self.rotary_pos_emb)
@@ -993,6 +1064,85 @@ class GatedAttentionUnit(nn.Module):
         att_v, att_u = att.chunk(2, dim=-1)
         out = att_v.mul_(u).sigmoid_().mul_(att_u).mul_(v)
         return residual_add(x, self.to_out(out))
+
+    def _frame_tiles(self, x: torch.Tensor):
+        """The frame tiles of `_tiled_forward` for x, or None where the whole-tensor forward runs.
+
+        Tiles run at CPU inference (eval mode, no autograd, no capture, non-causal) on inputs
+        of at least two tiles: `tile_frames` frames, rounded to whole attention groups.
+        """
+        if (self.causal or self.training or torch.is_grad_enabled() or x.device.type != 'cpu'
+                or self.tile_frames <= 0 or gemm.capturing()):
+            return None
+        size = max(1, self.tile_frames // self.group_size) * self.group_size
+        num_frames = x.shape[1]
+        if num_frames < 2 * size:
+            return None
+        return [(start, min(start + size, num_frames)) for start in range(0, num_frames, size)]
+
+    def _tiled_forward(self, x: torch.Tensor, tiles) -> torch.Tensor:
+        """The block's inference forward, tile by tile of frames: the same numbers as `forward`.
+
+        The whole-tensor forward makes [B, L, H] temporaries at every step (GEMM outputs, conv
+        outputs, the linear attention's output, the scaled inputs); above glibc's mmap threshold
+        (32 MiB at most: 4096 frames of 2048 float32 channels) each is mapped afresh and its pages
+        faulted in and zeroed at every block, which took more time than the arithmetic on long
+        inputs (a 60 s MossFormer(L) pass: 3.2 million faults and 12 s of system time in 19.5 s
+        for 4 blocks on a KVM guest). Here only three [B, L, .] tensors per block are written
+        whole, into buffers reused from block to block (the projected v and u, the attention
+        output, the block's output); every other temporary is one tile wide (tile_frames plus
+        the convolutions' halo), small enough for the allocator to reuse and for the cache.
+
+        1. per tile: token-shifted input with a halo of K // 2 frames on each side, norm, hidden
+           and query/key projections with their convs; the rows without the halo go to v|u, qk;
+        2. the linear attention's key-value summary over all frames (one GEMM), then per tile
+           (whole attention groups) the linear and within-group outputs and the gate, in place;
+        3. per tile with its halo: output projection and conv, plus the residual, into the output.
+        """
+        b, n, _ = x.shape
+        halo = max(self.to_hidden.dwconv.kernel_size[0], self.to_qk.dwconv.kernel_size[0],
+                   self.to_out.dwconv.kernel_size[0]) // 2
+        h = _token_shift(x) if self.shift_tokens else x
+        vu = qk = None
+        for start, stop in tiles:
+            first, last = max(start - halo, 0), min(stop + halo, n)
+            vu_tile, qk_tile = self._projections(h[:, first:last])
+            if vu is None:
+                vu = _pooled('tiled v|u', (b, n, vu_tile.shape[-1]), vu_tile.dtype, x.device)
+                qk = _pooled('tiled qk', (b, n, qk_tile.shape[-1]), qk_tile.dtype, x.device)
+            vu[:, start:stop].copy_(vu_tile[:, start - first:stop - first])
+            qk[:, start:stop].copy_(qk_tile[:, start - first:stop - first])
+            del vu_tile, qk_tile
+        with float32_region(h):
+            quad_q, lin_q, quad_k, lin_k = offset_scale_rotary(qk, self.qk_offset_scale.gamma,
+                                                               self.qk_offset_scale.beta, self.rotary_pos_emb)
+        gated = _tiled_gated_attention(quad_q, lin_q, quad_k, lin_k, vu, self.group_size, tiles)  # [B, L, H/2]
+        out = None
+        for start, stop in tiles:
+            first, last = max(start - halo, 0), min(stop + halo, n)
+            update = self.to_out(gated[:, first:last])[:, start - first:stop - first]
+            if out is None:
+                out = _stream_buffer(x, torch.promote_types(x.dtype, update.dtype))
+            torch.add(x[:, start:stop], update, out=out[:, start:stop])
+        return out
+
+    def _projections(self, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """v|u [B, L, H] and qk [B, L, S] of the token-shifted input h.
+
+        Under reduced-precision autocast the query/key path (its projection, the offset-scale and
+        rotation, the within-group scores) stays float32: it is the most sensitive part (relu^2 of
+        the scores doubles their relative error) and 6 % of the FLOPs.
+        """
+        if isinstance(self.to_hidden.norm, ScaleNorm) and isinstance(self.to_qk.norm, ScaleNorm):
+            # both projections normalise h: one norm, each with its own gain
+            denominator = scalenorm_denominator(h, self.to_hidden.norm)
+            vu = self.to_hidden.scaled(h, self.to_hidden.norm.row_scale(denominator))
+            with float32_region(h):
+                qk_scale = self.to_qk.norm.row_scale(at_least_float32(denominator))
+                return vu, self.to_qk.scaled(at_least_float32(h), qk_scale)
+        vu = self.to_hidden(h)
+        with float32_region(h):
+            return vu, self.to_qk(at_least_float32(h))
 
     def _joint_attention(self, quad_q: torch.Tensor, lin_q: torch.Tensor, quad_k: torch.Tensor,
                          lin_k: torch.Tensor, vu: torch.Tensor) -> torch.Tensor:

@@ -363,3 +363,78 @@ def test_frames_first_graph_equals_the_channels_first_one(monkeypatch, factory, 
     assert frames_first.shape == channels_first.shape == (2, 2, 1001)
     # float32 sums of up to 64 terms in another order: about 1e-7 relative
     assert float((frames_first - channels_first).abs().max() / channels_first.abs().max()) < 1e-5
+
+
+def _set_tile_frames(model: torch.nn.Module, frames: int) -> None:
+    for module in model.modules():
+        if isinstance(module, GatedAttentionUnit):
+            module.tile_frames = frames
+
+
+@pytest.mark.parametrize('kind, tile', [('mossformer', 32), ('mossformer', 48), ('mossformer2', 256)])
+def test_tiled_inference_forward_equals_the_whole_tensor_one(kind, tile, monkeypatch, cpu_gemm):
+    """Tiles of frames (each with the convolutions' halo, a partial last group inside the last tile)
+    give the whole-tensor forward's numbers, in float32 and under bf16 autocast, and the blocks
+    never write into their input."""
+    from modelscope_mossformer.models import layers
+
+    torch.manual_seed(0)
+    factory = mossformer_tiny if kind == 'mossformer' else mossformer2_tiny
+    model = build_separator(factory(num_blocks=2)).eval()
+    # mossformer: groups of 16 frames, 398 frames; mossformer2: groups of 256, 1249 frames (4 full, one of 225)
+    mix = torch.randn(2, 3199 if kind == 'mossformer' else 9999, generator=torch.Generator().manual_seed(1))
+    tiled_calls = []
+    real = GatedAttentionUnit._tiled_forward
+    monkeypatch.setattr(GatedAttentionUnit, '_tiled_forward',
+                        lambda self, x, tiles: tiled_calls.append(tiles) or real(self, x, tiles))
+    monkeypatch.setattr(layers, '_REUSE_MIN_BYTES', 0)  # the tiny model's buffers count as large
+    with torch.inference_mode():
+        for precision in ('float32', 'bf16'):
+            context = torch.autocast('cpu', dtype=torch.bfloat16) if precision == 'bf16' else torch.no_grad()
+            with context:
+                _set_tile_frames(model, 0)
+                whole = model(mix)
+                assert not tiled_calls
+                _set_tile_frames(model, tile)
+                tiled = model(mix)
+            assert len(tiled_calls) == 2  # both blocks ran tiled
+            tiles = tiled_calls[0]
+            assert len(tiles) >= 3 and tiles[0] == (0, tile) and all(b - a == tile for a, b in tiles[:-1])
+            tiled_calls.clear()
+            if cpu_gemm == 'onednn' and precision == 'float32':
+                # oneDNN may choose another kernel, and summation order, for a tile's row count than
+                # for the whole sequence's (1.3e-7 of the output's peak measured here): rounding only
+                assert torch.allclose(tiled, whole, rtol=0, atol=1e-6 * whole.abs().max().item())
+            else:  # the same kernels on the same rows
+                assert torch.equal(tiled, whole), precision
+    block = next(m for m in model.modules() if isinstance(m, GatedAttentionUnit))
+    x = torch.randn(2, 5 * tile + 3, 32)
+    kept = x.clone()
+    with torch.inference_mode(), layers.reused_buffers():
+        once = block(x)
+        twice = block(once)
+    assert torch.equal(x, kept)
+    assert once.data_ptr() != twice.data_ptr()  # a block's output never overwrites its input
+
+
+def test_tiles_only_at_cpu_inference_in_eval_mode():
+    torch.manual_seed(0)
+    block = GatedAttentionUnit(32, None, group_size=16, query_key_dim=16, dropout=0.0)
+    block.tile_frames = 32
+    x = torch.randn(1, 200, 32)
+    block.train()
+    with torch.no_grad():
+        assert block._frame_tiles(x) is None  # dropout would draw differently
+    block.eval()
+    assert block._frame_tiles(x) is None  # autograd on
+    with torch.no_grad():
+        assert block._frame_tiles(x) == [(s, min(s + 32, 200)) for s in range(0, 200, 32)]
+        assert block._frame_tiles(x[:, :63]) is None  # under two tiles
+        block.tile_frames = 40  # rounded down to whole groups
+        assert block._frame_tiles(x)[0] == (0, 32)
+        block.tile_frames = 0
+        assert block._frame_tiles(x) is None
+    causal = GatedAttentionUnit(32, None, group_size=16, query_key_dim=16, causal=True).eval()
+    causal.tile_frames = 32
+    with torch.no_grad():
+        assert causal._frame_tiles(x) is None
