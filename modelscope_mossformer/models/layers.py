@@ -437,6 +437,30 @@ def _pooled(role: str, shape: Tuple[int, ...], dtype: torch.dtype, device: torch
     return buffer
 
 
+def inference_tiles(module: nn.Module, x: torch.Tensor, size: int):
+    """(start, stop) of `size`-frame tiles of x [B, L, .] for a block's tiled inference forward, or None
+    where its whole-tensor forward runs: in training mode (dropout), with autograd on, off the CPU,
+    while capturing a graph, for size <= 0, and for inputs shorter than two tiles."""
+    if (size <= 0 or module.training or torch.is_grad_enabled() or x.device.type != 'cpu'
+            or gemm.capturing() or x.shape[1] < 2 * size):
+        return None
+    return [(start, min(start + size, x.shape[1])) for start in range(0, x.shape[1], size)]
+
+
+def _tile_rows(fn, x: torch.Tensor, tiles, halo: int, role: str) -> torch.Tensor:
+    """fn applied to x [B, L, .] tile by tile into a reused buffer for `role`: the rows of each tile
+    from fn of the tile with `halo` more frames on each side (fewer at the ends of x), for an fn whose
+    frame t depends on frames t - halo .. t + halo of its input only ('same' zero padding at its ends)."""
+    out = None
+    for start, stop in tiles:
+        first, last = max(start - halo, 0), min(stop + halo, x.shape[1])
+        rows = fn(x[:, first:last])[:, start - first:stop - first]
+        if out is None:
+            out = _pooled(role, (x.shape[0], x.shape[1], rows.shape[-1]), rows.dtype, x.device)
+        out[:, start:stop] = rows
+    return out
+
+
 def _stream_buffer(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A buffer of x's shape for a block's output that is not x's own storage: the pool's two
     'stream' buffers serve the blocks in turn (a block's input is the previous block's output)."""
@@ -1071,14 +1095,9 @@ class GatedAttentionUnit(nn.Module):
         Tiles run at CPU inference (eval mode, no autograd, no capture, non-causal) on inputs
         of at least two tiles: `tile_frames` frames, rounded to whole attention groups.
         """
-        if (self.causal or self.training or torch.is_grad_enabled() or x.device.type != 'cpu'
-                or self.tile_frames <= 0 or gemm.capturing()):
+        if self.causal or self.tile_frames <= 0:
             return None
-        size = max(1, self.tile_frames // self.group_size) * self.group_size
-        num_frames = x.shape[1]
-        if num_frames < 2 * size:
-            return None
-        return [(start, min(start + size, num_frames)) for start in range(0, num_frames, size)]
+        return inference_tiles(self, x, max(1, self.tile_frames // self.group_size) * self.group_size)
 
     def _tiled_forward(self, x: torch.Tensor, tiles) -> torch.Tensor:
         """The block's inference forward, tile by tile of frames: the same numbers as `forward`.
@@ -1207,19 +1226,37 @@ class DenseLayer(nn.Module):
         self.norm = nn.InstanceNorm2d(channels, affine=True)
         self.prelu = nn.PReLU(channels)
 
+    @property
+    def reach(self) -> int:
+        """Frames on each side of an output frame that its convolution reads."""
+        return (self.conv.kernel_size[0] - 1) // 2 * self.dilation
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activate(*self.statistics(self.convolve(x)))
+
+    def convolve(self, x: torch.Tensor) -> torch.Tensor:
+        """The grouped conv: [B, L, C*k] -> [B, L, C] (frame t reads frames t - reach .. t + reach)."""
         b, num_frames, _ = x.shape
         weight = self.conv.weight.reshape(self.channels * self.inputs_per_channel, 1, -1)  # [C*k, 1, K]
         h = depthwise_conv_frames(x, weight, self.dilation)  # [B, L, C*k]
         if self.inputs_per_channel > 1:
             h = h.view(b, num_frames, self.channels, self.inputs_per_channel).sum(dim=-1)  # [B, L, C]
-        # instance norm: statistics over frames, per item and channel, in two passes (mean, then the
-        # mean square of the centred values: on [B, L, C] this is about 5x faster than var_mean);
-        # the affine map as one multiply-add, PReLU with per-channel weights on the channels axis
+        return h
+
+    def statistics(self, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The instance norm's centred h (in h's own buffer without autograd) and per-channel scale.
+
+        Statistics over frames, per item and channel, in two passes (mean, then the mean square of
+        the centred values: on [B, L, C] this is about 5x faster than var_mean).
+        """
         mean = h.mean(dim=1, keepdim=True)  # [B, 1, C]
         centred = h - mean if torch.is_grad_enabled() else h.sub_(mean)
         var = centred.square().mean(dim=1, keepdim=True)
-        scale = torch.rsqrt(var + self.norm.eps) * self.norm.weight
+        return centred, torch.rsqrt(var + self.norm.eps) * self.norm.weight
+
+    def activate(self, centred: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """The norm's affine map as one multiply-add, then PReLU with per-channel weights on the channels axis:
+        frame by frame, so any range of frames of `centred` gives those frames of the output."""
         h = torch.addcmul(self.norm.bias, centred, scale)
         return F.prelu(h.transpose(1, 2), self.prelu.weight).transpose(1, 2)
 
@@ -1292,6 +1329,15 @@ class GatedFSMN(nn.Module):
         to_v, to_u = self.to_v, self.to_u
         if to_v.norm.eps != to_u.norm.eps:
             return to_v(x), to_u(x)
+        v, u = self.projected(x).chunk(2, dim=-1)  # (chunk's backward is one concatenation; slices' would zero-fill twice)
+        return dropout(v, to_v.dropout), dropout(u, to_u.dropout)
+
+    def projected(self, x: torch.Tensor) -> torch.Tensor:
+        """[v | u]: [B, L, 2 * dim] (frame t reads frames t - K // 2 .. t + K // 2 of x); no dropout where
+        the two norms share their eps (the released models), each projection whole where they do not."""
+        to_v, to_u = self.to_v, self.to_u
+        if to_v.norm.eps != to_u.norm.eps:
+            return torch.cat((to_v(x), to_u(x)), dim=-1)
         normalised = F.layer_norm(x, to_v.norm.normalized_shape, eps=to_v.norm.eps)
         weights, biases = [], []
         for proj in (to_v, to_u):
@@ -1299,9 +1345,7 @@ class GatedFSMN(nn.Module):
             biases.append(torch.addmv(proj.linear.bias, proj.linear.weight, proj.norm.bias))
         h = _linear(normalised, torch.cat(weights), torch.cat(biases), 'gated projections', 'silu')  # (its conv is new)
         kernels = torch.cat((with_identity_tap(to_v.dwconv.weight), with_identity_tap(to_u.dwconv.weight)))
-        h = depthwise_conv_frames(h, kernels)  # [B, L, 2 * dim]
-        v, u = h.chunk(2, dim=-1)  # (chunk's backward is one concatenation; slices' would zero-fill twice)
-        return dropout(v, to_v.dropout), dropout(u, to_u.dropout)
+        return depthwise_conv_frames(h, kernels)  # [B, L, 2 * dim]
 
 
 class RecurrentModule(nn.Module):
@@ -1320,14 +1364,68 @@ class RecurrentModule(nn.Module):
         self.gated_fsmn = GatedFSMN(inner_channels, memory_order, num_layers, dropout, conv_kernel_size)
         self.norm2 = ChannelLayerNorm(inner_channels)
         self.out_conv = nn.Conv1d(inner_channels, dim, kernel_size=1)
+        # frames per tile of the tiled inference forward (0: never tile)
+        self.tile_frames = TILE_FRAMES
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tiles = inference_tiles(self, x, self.tile_frames)
+        if tiles:
+            return self._tiled_forward(x, tiles)
         # frames-first throughout: the 1x1 convs are linear maps and the channel norms layer norms
-        h = _linear(x, self.in_conv.weight.squeeze(-1), self.in_conv.bias, 'recurrent input')  # [B, L, I]
-        h = _layer_norm(self.norm1, self.in_prelu(h))
+        h = self._normalised_input(x)  # [B, L, I]
         h = _layer_norm(self.norm2, self.gated_fsmn(h))
         out = gemm.linear(h, self.out_conv.weight.squeeze(-1), self.out_conv.bias)  # [B, L, D]
         return residual_add(x, out)
+
+    def _normalised_input(self, x: torch.Tensor) -> torch.Tensor:
+        h = _linear(x, self.in_conv.weight.squeeze(-1), self.in_conv.bias, 'recurrent input')  # [B, L, I]
+        return _layer_norm(self.norm1, self.in_prelu(h))
+
+    def _tiled_forward(self, x: torch.Tensor, tiles) -> torch.Tensor:
+        """`forward` at inference tile by tile of frames (see GatedAttentionUnit._tiled_forward): the
+        same numbers, with [B, L, .] tensors written whole only into buffers reused from block to block.
+
+        Each step whose frames depend only on nearby frames runs per tile with the halo its convs
+        read; the dense block's instance norms take their statistics over the whole stored conv
+        output in between. The dense block's input (each layer's output, newest first, then the
+        FSMN projection) is one buffer that the steps write in place of the concatenations.
+        """
+        b, n, _ = x.shape
+        fsmn, gated_fsmn = self.gated_fsmn.fsmn, self.gated_fsmn
+        dense = list(fsmn.dense.layers)
+        inner = fsmn.project.out_features
+        normalised = _tile_rows(self._normalised_input, x, tiles, 0, 'recurrent norm1')  # [B, L, I]
+        halo = max(gated_fsmn.to_v.dwconv.kernel_size[0], gated_fsmn.to_u.dwconv.kernel_size[0]) // 2
+        v, u = _tile_rows(gated_fsmn.projected, normalised, tiles, halo, 'recurrent v|u').chunk(2, dim=-1)
+
+        def memory_input(rows: torch.Tensor) -> torch.Tensor:
+            hidden = _linear(rows, fsmn.linear.weight, fsmn.linear.bias, 'fsmn hidden', 'relu')
+            return _linear(hidden, fsmn.project.weight, None, 'fsmn projection')
+
+        skip = None
+        for index, layer in enumerate(dense):
+            if skip is None:
+                projected = _tile_rows(memory_input, u, tiles, 0, 'recurrent fsmn projection')  # [B, L, I]
+                skip = _pooled('recurrent dense skip', (b, n, len(dense) * inner), projected.dtype, x.device)
+                skip[..., (len(dense) - 1) * inner:] = projected
+                del projected
+            centred, scale = layer.statistics(
+                _tile_rows(layer.convolve, skip[..., (len(dense) - 1 - index) * inner:], tiles, layer.reach,
+                           'recurrent dense conv'))
+            if index < len(dense) - 1:  # the next layer's input: this output before the earlier ones
+                slot = skip[..., (len(dense) - 2 - index) * inner:(len(dense) - 1 - index) * inner]
+                for start, stop in tiles:
+                    slot[:, start:stop] = layer.activate(centred[:, start:stop], scale)
+        out = None
+        for start, stop in tiles:
+            memory = dense[-1].activate(centred[:, start:stop], scale)
+            fsmn_out = residual_add(u[:, start:stop], memory)
+            h = residual_add(normalised[:, start:stop], fsmn_out.mul_(v[:, start:stop]))  # the gated FSMN
+            update = gemm.linear(_layer_norm(self.norm2, h), self.out_conv.weight.squeeze(-1), self.out_conv.bias)
+            if out is None:
+                out = _stream_buffer(x, torch.promote_types(x.dtype, update.dtype))
+            torch.add(x[:, start:stop], update, out=out[:, start:stop])
+        return out
 
 
 def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:

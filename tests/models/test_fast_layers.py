@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from modelscope_mossformer.models import build_separator, mossformer2_tiny, mossformer_tiny
-from modelscope_mossformer.models.layers import DenseLayer, GatedAttentionUnit, depthwise_conv_frames, with_identity_tap
+from modelscope_mossformer.models.layers import (DenseLayer, GatedAttentionUnit, RecurrentModule, depthwise_conv_frames,
+                                                 with_identity_tap)
 
 
 def _plain_depthwise(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
@@ -365,17 +366,21 @@ def test_frames_first_graph_equals_the_channels_first_one(monkeypatch, factory, 
     assert float((frames_first - channels_first).abs().max() / channels_first.abs().max()) < 1e-5
 
 
-def _set_tile_frames(model: torch.nn.Module, frames: int) -> None:
+def _set_tile_frames(model: torch.nn.Module, frames: int, recurrent_frames: int = None) -> None:
     for module in model.modules():
         if isinstance(module, GatedAttentionUnit):
             module.tile_frames = frames
+        if isinstance(module, RecurrentModule):
+            module.tile_frames = frames if recurrent_frames is None else recurrent_frames
 
 
-@pytest.mark.parametrize('kind, tile', [('mossformer', 32), ('mossformer', 48), ('mossformer2', 256)])
-def test_tiled_inference_forward_equals_the_whole_tensor_one(kind, tile, monkeypatch, cpu_gemm):
-    """Tiles of frames (each with the convolutions' halo, a partial last group inside the last tile)
-    give the whole-tensor forward's numbers, in float32 and under bf16 autocast, and the blocks
-    never write into their input."""
+@pytest.mark.parametrize('kind, tile, recurrent_tile', [('mossformer', 32, None), ('mossformer', 48, None),
+                                                         ('mossformer2', 256, 256), ('mossformer2', 256, 40)])
+def test_tiled_inference_forward_equals_the_whole_tensor_one(kind, tile, recurrent_tile, monkeypatch, cpu_gemm):
+    """Tiles of frames (each with the convolutions' halo, a partial last group inside the last tile;
+    MossFormer2's recurrent modules with a halo of 8 + 38 frames, tiles of 40 included) give the
+    whole-tensor forward's numbers, in float32 and under bf16 autocast, and the blocks never write
+    into their input."""
     from modelscope_mossformer.models import layers
 
     torch.manual_seed(0)
@@ -384,9 +389,9 @@ def test_tiled_inference_forward_equals_the_whole_tensor_one(kind, tile, monkeyp
     # mossformer: groups of 16 frames, 398 frames; mossformer2: groups of 256, 1249 frames (4 full, one of 225)
     mix = torch.randn(2, 3199 if kind == 'mossformer' else 9999, generator=torch.Generator().manual_seed(1))
     tiled_calls = []
-    real = GatedAttentionUnit._tiled_forward
-    monkeypatch.setattr(GatedAttentionUnit, '_tiled_forward',
-                        lambda self, x, tiles: tiled_calls.append(tiles) or real(self, x, tiles))
+    for cls in (GatedAttentionUnit, RecurrentModule):
+        monkeypatch.setattr(cls, '_tiled_forward', lambda self, x, tiles, real=cls._tiled_forward:
+                            tiled_calls.append((type(self), tiles)) or real(self, x, tiles))
     monkeypatch.setattr(layers, '_REUSE_MIN_BYTES', 0)  # the tiny model's buffers count as large
     with torch.inference_mode():
         for precision in ('float32', 'bf16'):
@@ -395,11 +400,12 @@ def test_tiled_inference_forward_equals_the_whole_tensor_one(kind, tile, monkeyp
                 _set_tile_frames(model, 0)
                 whole = model(mix)
                 assert not tiled_calls
-                _set_tile_frames(model, tile)
+                _set_tile_frames(model, tile, recurrent_tile)
                 tiled = model(mix)
-            assert len(tiled_calls) == 2  # both blocks ran tiled
-            tiles = tiled_calls[0]
-            assert len(tiles) >= 3 and tiles[0] == (0, tile) and all(b - a == tile for a, b in tiles[:-1])
+            blocks = [(GatedAttentionUnit, tile)] + ([(RecurrentModule, recurrent_tile)] if recurrent_tile else [])
+            assert [cls for cls, _ in tiled_calls] == [cls for cls, _ in blocks] * 2  # every block ran tiled
+            for (cls, tiles), (_, size) in zip(tiled_calls, blocks * 2):
+                assert len(tiles) >= 3 and tiles[0] == (0, size) and all(b - a == size for a, b in tiles[:-1])
             tiled_calls.clear()
             if cpu_gemm == 'onednn' and precision == 'float32':
                 # oneDNN may choose another kernel, and summation order, for a tile's row count than
