@@ -82,8 +82,15 @@ def frames_first_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     channels; their per-channel affine map and the normalisation are one pass (x * a + c, with
     a and c per item and channel).
     """
+    return frames_first_norm_rows(norm, x)(0, x.shape[1])
+
+
+def frames_first_norm_rows(norm: nn.Module, x: torch.Tensor):
+    """`frames_first_norm(norm, x)` as a function of a range of x's frames: rows(start, stop) gives
+    those frames of the result (the global norms' statistics are taken over all of x once)."""
     if isinstance(norm, ChannelLayerNorm):
-        return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        return lambda start, stop: F.layer_norm(x[:, start:stop], norm.normalized_shape, norm.weight, norm.bias,
+                                                norm.eps)
     if isinstance(norm, nn.GroupNorm) and norm.num_groups == 1 and norm.affine:
         weight, bias, eps = norm.weight, norm.bias, norm.eps
     elif isinstance(norm, GlobalLayerNorm):
@@ -92,7 +99,8 @@ def frames_first_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
         raise TypeError(f'frames_first_norm: unsupported norm {type(norm).__name__}')
     var, mean = torch.var_mean(x, dim=(1, 2), keepdim=True, correction=0)  # [B, 1, 1]
     scale = torch.rsqrt(var + eps) * weight  # [B, 1, C]
-    return torch.addcmul(bias - mean * scale, x, scale)
+    shift = bias - mean * scale
+    return lambda start, stop: torch.addcmul(shift, x[:, start:stop], scale)
 
 
 # ---------------------------------------------------------------------------
@@ -406,19 +414,21 @@ def reused_buffers():
         _BUFFERS.pool = None
 
 
-def reusable(role: str, shape: Tuple[int, ...], like: torch.Tensor) -> Optional[torch.Tensor]:
+def reusable(role: str, shape: Tuple[int, ...], like: torch.Tensor, explicit: bool = False) -> Optional[torch.Tensor]:
     """An uninitialised buffer for `role` (like's dtype and device) from the open pool, or None.
 
-    None (the caller allocates as usual) outside `reused_buffers`, with autograd or autocast on,
-    off the CPU, while tracing or exporting, and for buffers under 1 MiB. The caller must be done
-    with the buffer before the same role and shape are asked for again (the next block).
+    None (the caller allocates as usual) outside `reused_buffers`, with autograd on, off the CPU,
+    while tracing or exporting, for buffers under 1 MiB, and under autocast unless `explicit`: a
+    caller that writes the buffer with copies or ops that autocast leaves alone (not an `out=` of a
+    GEMM, whose dtype autocast would change). The caller must be done with the buffer before the
+    same role and shape are asked for again (the next block).
     """
     pool = getattr(_BUFFERS, 'pool', None)
     if pool is None or torch.is_grad_enabled() or like.device.type != 'cpu':
         return None
     if math.prod(shape) * like.element_size() < _REUSE_MIN_BYTES:
         return None
-    if not gemm.plain_eager_cpu():
+    if gemm.capturing() or not (explicit or gemm.plain_eager_cpu()):
         return None
     return _pooled(role, shape, like.dtype, like.device)
 
@@ -621,7 +631,7 @@ def offset_scale_rotary(qk: torch.Tensor, gamma: torch.Tensor, beta: torch.Tenso
     """
     # (at inference the heads' buffer is reused from block to block: the attention is done with it
     # before the next block asks)
-    buffer = reusable('heads', (*qk.shape[:-1], gamma.shape[0], qk.shape[-1]), qk)
+    buffer = reusable('heads', (*qk.shape[:-1], gamma.shape[0], qk.shape[-1]), qk, explicit=True)
     heads = torch.addcmul(beta, qk.unsqueeze(-2), gamma, out=buffer)  # [B, L, 4, S]
     if rotary is None:
         return heads.unbind(dim=-2)
@@ -648,7 +658,7 @@ def _token_shift(x: torch.Tensor) -> torch.Tensor:
 def _shift_first_half(x: torch.Tensor, step: int) -> torch.Tensor:
     """out[:, t, :half] = x[:, t - step, :half] (zero outside), out[..., half:] = x[..., half:]; step is 1 or -1."""
     half = (x.shape[-1] + 1) // 2  # the size torch.chunk(2) gives the first piece
-    out = reusable('token shift', x.shape, x)
+    out = reusable('token shift', x.shape, x, explicit=True)
     if out is None:
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
     if step > 0:

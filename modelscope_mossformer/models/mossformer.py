@@ -15,8 +15,9 @@ from torch import nn
 
 from .configs import MossFormerConfig
 from . import gemm
-from .layers import (ConvDecoder, ConvEncoder, GatedAttentionUnit, ScaledSinusoidalEmbedding, at_least_float32,
-                     channel_norm, float32_region, frames_first_norm, reused_buffers)
+from .layers import (TILE_FRAMES, ConvDecoder, ConvEncoder, GatedAttentionUnit, ScaledSinusoidalEmbedding,
+                     at_least_float32, channel_norm, float32_region, frames_first_norm, frames_first_norm_rows,
+                     inference_tiles, reused_buffers)
 
 
 class MossFormerLayer(nn.Module):
@@ -81,6 +82,8 @@ class MaskNet(nn.Module):
         self.gate_tanh = nn.Conv1d(model_dim, model_dim, 1)
         self.gate_sigmoid = nn.Conv1d(model_dim, model_dim, 1)
         self.mask_proj = nn.Conv1d(model_dim, enc_channels, 1, bias=False)
+        # frames per tile of the head at inference (0: never tile)
+        self.tile_frames = TILE_FRAMES
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """Encoder frames [B, L, N] -> masks [B, L, C, N]."""
@@ -97,19 +100,36 @@ class MaskNet(nn.Module):
                 x = x + self.pos_enc(num_frames)  # + [L, D]
         h = self.sequence(x)  # [B, L, D]
         with float32_region(frames):
-            h = frames_first_norm(self.seq_norm, at_least_float32(h))
-            if self.skip_around_seq:
-                h = h + x
-            h = gemm.linear(self.prelu(h), self.out_proj.weight.squeeze(-1), self.out_proj.bias)  # [B, L, C*D]
-            h = h.view(b, num_frames, self.num_spks, -1)  # [B, L, C, D]
-            gates = gemm.linear(h, torch.cat((self.gate_tanh.weight, self.gate_sigmoid.weight)).squeeze(-1),
-                                torch.cat((self.gate_tanh.bias, self.gate_sigmoid.bias)))  # [B, L, C, 2D]
-            tanh, sigmoid = gates.chunk(2, dim=-1)
-            if torch.is_grad_enabled():
-                h = torch.tanh(tanh) * torch.sigmoid(sigmoid)
-            else:
-                h = tanh.tanh_().mul_(sigmoid.sigmoid_())
-            return gemm.linear(h, self.mask_proj.weight.squeeze(-1), None, 'relu')  # [B, L, C, N]
+            normed = frames_first_norm_rows(self.seq_norm, at_least_float32(h))
+            tiles = inference_tiles(self, h, self.tile_frames)
+            if not tiles:
+                return self._head(normed(0, num_frames), x)
+            # at inference on long inputs the head runs tile by tile of frames (every step after the
+            # norm's statistics is frame by frame): its [B, L, C, 2D] and [B, L, C*D] temporaries stay
+            # one tile wide (see layers.GatedAttentionUnit._tiled_forward)
+            masks = None
+            for start, stop in tiles:
+                rows = self._head(normed(start, stop), x[:, start:stop])
+                if masks is None:
+                    masks = rows.new_empty((b, num_frames, *rows.shape[2:]))
+                masks[:, start:stop] = rows
+            return masks
+
+    def _head(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Masks [B, L, C, N] from the normalised sequence output h and the sequence input x, frame by frame."""
+        b, num_frames, _ = h.shape
+        if self.skip_around_seq:
+            h = h + x
+        h = gemm.linear(self.prelu(h), self.out_proj.weight.squeeze(-1), self.out_proj.bias)  # [B, L, C*D]
+        h = h.view(b, num_frames, self.num_spks, -1)  # [B, L, C, D]
+        gates = gemm.linear(h, torch.cat((self.gate_tanh.weight, self.gate_sigmoid.weight)).squeeze(-1),
+                            torch.cat((self.gate_tanh.bias, self.gate_sigmoid.bias)))  # [B, L, C, 2D]
+        tanh, sigmoid = gates.chunk(2, dim=-1)
+        if torch.is_grad_enabled():
+            h = torch.tanh(tanh) * torch.sigmoid(sigmoid)
+        else:
+            h = tanh.tanh_().mul_(sigmoid.sigmoid_())
+        return gemm.linear(h, self.mask_proj.weight.squeeze(-1), None, 'relu')  # [B, L, C, N]
 
     def channels_first(self, frames: torch.Tensor) -> torch.Tensor:
         """The same masks from channels-first frames: [B, N, L] -> [B, C, N, L], with 1x1 convolutions.
@@ -194,7 +214,9 @@ class MossFormer(nn.Module):
             frames = self.encoder.frames_first(at_least_float32(mix))  # [B, L, N]
         masks = self.masker(frames)  # [B, L, C, N]
         with float32_region(mix):
-            return self.decoder.frames_first(frames.unsqueeze(2) * masks)  # [B, C, T']
+            # (without autograd the masks' own buffer takes the product: one [B, L, C, N] tensor fewer)
+            masked = frames.unsqueeze(2) * masks if torch.is_grad_enabled() else masks.mul_(frames.unsqueeze(2))
+            return self.decoder.frames_first(masked)  # [B, C, T']
 
     def channels_first_sources(self, mix: torch.Tensor) -> torch.Tensor:
         """`sources` through the channels-first graph (the encoder's Conv1d, 1x1 convs in the mask head,

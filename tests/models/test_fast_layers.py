@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from modelscope_mossformer.models import build_separator, mossformer2_tiny, mossformer_tiny
 from modelscope_mossformer.models.layers import (DenseLayer, GatedAttentionUnit, RecurrentModule, depthwise_conv_frames,
                                                  with_identity_tap)
+from modelscope_mossformer.models.mossformer import MaskNet
 
 
 def _plain_depthwise(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
@@ -305,7 +306,7 @@ def test_reused_inference_buffers_change_no_output_and_never_alias_results(kind,
         taken = []
         real = layers.reusable
         monkeypatch.setattr(layers, '_REUSE_MIN_BYTES', 0)  # the tiny model's buffers count as large
-        monkeypatch.setattr(layers, 'reusable', lambda *a: taken.append(a[0]) or real(*a))
+        monkeypatch.setattr(layers, 'reusable', lambda *a, **k: taken.append(a[0]) or real(*a, **k))
         reused = model(first)
         kept = reused.clone()
         other = model(second)
@@ -368,7 +369,7 @@ def test_frames_first_graph_equals_the_channels_first_one(monkeypatch, factory, 
 
 def _set_tile_frames(model: torch.nn.Module, frames: int, recurrent_frames: int = None) -> None:
     for module in model.modules():
-        if isinstance(module, GatedAttentionUnit):
+        if isinstance(module, (GatedAttentionUnit, MaskNet)):
             module.tile_frames = frames
         if isinstance(module, RecurrentModule):
             module.tile_frames = frames if recurrent_frames is None else recurrent_frames
@@ -386,12 +387,14 @@ def test_tiled_inference_forward_equals_the_whole_tensor_one(kind, tile, recurre
     torch.manual_seed(0)
     factory = mossformer_tiny if kind == 'mossformer' else mossformer2_tiny
     model = build_separator(factory(num_blocks=2)).eval()
-    # mossformer: groups of 16 frames, 398 frames; mossformer2: groups of 256, 1249 frames (4 full, one of 225)
+    # mossformer: groups of 16 frames, 398 frames; mossformer2: groups of 256, 1248 frames (4 full, one of 224)
     mix = torch.randn(2, 3199 if kind == 'mossformer' else 9999, generator=torch.Generator().manual_seed(1))
-    tiled_calls = []
+    tiled_calls, head_rows = [], []
     for cls in (GatedAttentionUnit, RecurrentModule):
         monkeypatch.setattr(cls, '_tiled_forward', lambda self, x, tiles, real=cls._tiled_forward:
                             tiled_calls.append((type(self), tiles)) or real(self, x, tiles))
+    monkeypatch.setattr(MaskNet, '_head', lambda self, h, x, real=MaskNet._head:
+                        head_rows.append(h.shape[1]) or real(self, h, x))
     monkeypatch.setattr(layers, '_REUSE_MIN_BYTES', 0)  # the tiny model's buffers count as large
     with torch.inference_mode():
         for precision in ('float32', 'bf16'):
@@ -400,8 +403,12 @@ def test_tiled_inference_forward_equals_the_whole_tensor_one(kind, tile, recurre
                 _set_tile_frames(model, 0)
                 whole = model(mix)
                 assert not tiled_calls
+                assert head_rows == [mix.shape[-1] // 8 - 1]  # one call on every frame
+                head_rows.clear()
                 _set_tile_frames(model, tile, recurrent_tile)
                 tiled = model(mix)
+            assert head_rows[0] == tile and len(head_rows) >= 3 and sum(head_rows) == mix.shape[-1] // 8 - 1
+            head_rows.clear()
             blocks = [(GatedAttentionUnit, tile)] + ([(RecurrentModule, recurrent_tile)] if recurrent_tile else [])
             assert [cls for cls, _ in tiled_calls] == [cls for cls, _ in blocks] * 2  # every block ran tiled
             for (cls, tiles), (_, size) in zip(tiled_calls, blocks * 2):
