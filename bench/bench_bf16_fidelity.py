@@ -139,6 +139,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
+def bf16_held(name: str) -> bool:
+    """Whether --precision bf16 runs parameter `name` in bfloat16 (a GEMM's or convolution's operand)."""
+    return (name.startswith('masker.sequence.layers.') and 'to_qk' not in name
+            and any(part in name for part in ('linear.', 'conv.', 'dwconv.', 'project.', 'in_conv.', 'out_conv.')))
+
+
 def rounded_weights(model: torch.nn.Module, speech: torch.Tensor, exact: torch.Tensor) -> Dict[str, float]:
     """SI-SNR of the float32 model with all weights, then each group's, rounded to bfloat16."""
     state = {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -154,6 +160,11 @@ def rounded_weights(model: torch.nn.Module, speech: torch.Tensor, exact: torch.T
     groups = parameter_groups(model)
     figures = {'all weights': rounded_db({name for names in groups.values() for name in names})}
     print(f'    {"all weights":<42} {figures["all weights"]:6.2f} dB')
+    # what a bf16 forward holds in bfloat16 whatever its arithmetic does: the blocks' GEMM and convolution
+    # weights and biases outside the query/key path (norms, offset-scale, mask head and filterbanks stay float32)
+    held = {name for names in groups.values() for name in names if bf16_held(name)}
+    figures['weights bf16 holds'] = rounded_db(held)
+    print(f'    {"weights bf16 holds (" + str(len(held)) + " tensors)":<42} {figures["weights bf16 holds"]:6.2f} dB')
     for key, names in groups.items():
         figures[key] = rounded_db(set(names))
         print(f'    {key:<42} {figures[key]:6.2f} dB')

@@ -53,6 +53,22 @@ def test_bench_mask_head_compares_the_two_graphs(tmp_path):
     assert float(line.rsplit(' ', 1)[1]) < 1e-5
 
 
+@pytest.mark.parametrize('compare, extra', [('tiles', ['--tile-frames', '256']), ('buffers', ['--bf16'])])
+def test_bench_buffers_compares_two_modes(compare, extra):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / 'bench' / 'bench_buffers.py'), '--compare', compare, '--model', 'mossformer2',
+         '--num-blocks', '1', '--seconds', '1', '--repeats', '1', '--threads', '1', *extra],
+        capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    modes = ('tiled', 'whole') if compare == 'tiles' else ('reused', 'fresh')
+    for mode in modes:
+        (line,) = [line for line in proc.stdout.splitlines() if line.strip().startswith(mode)]
+        assert 'page faults per pass' in line and float(line.split(':')[1].split()[0]) > 0
+    (ratio,) = [line for line in proc.stdout.splitlines() if f'{modes[0]} / {modes[1]}' in line]
+    # the same arithmetic on the same rows; only a GEMM kernel chosen for another row count may sum differently
+    assert float(ratio.split('difference ')[1].split()[0]) < 1e-5
+
+
 def test_bench_bf16_training_smoke_run_reports_both_curves(tmp_path):
     out = tmp_path / 'curves.json'
     proc = subprocess.run(

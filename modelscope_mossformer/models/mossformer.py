@@ -99,9 +99,9 @@ class MaskNet(nn.Module):
             if self.pos_enc is not None:
                 x = x + self.pos_enc(num_frames)  # + [L, D]
         h = self.sequence(x)  # [B, L, D]
+        tiles = inference_tiles(self, h, self.tile_frames)  # (none under autocast, decided outside its float32 region)
         with float32_region(frames):
             normed = frames_first_norm_rows(self.seq_norm, at_least_float32(h))
-            tiles = inference_tiles(self, h, self.tile_frames)
             if not tiles:
                 return self._head(normed(0, num_frames), x)
             # at inference on long inputs the head runs tile by tile of frames (every step after the

@@ -380,8 +380,8 @@ def _set_tile_frames(model: torch.nn.Module, frames: int, recurrent_frames: int 
 def test_tiled_inference_forward_equals_the_whole_tensor_one(kind, tile, recurrent_tile, monkeypatch, cpu_gemm):
     """Tiles of frames (each with the convolutions' halo, a partial last group inside the last tile;
     MossFormer2's recurrent modules with a halo of 8 + 38 frames, tiles of 40 included) give the
-    whole-tensor forward's numbers, in float32 and under bf16 autocast, and the blocks never write
-    into their input."""
+    whole-tensor forward's numbers, and the blocks never write into their input. Under bf16 autocast,
+    where tiles measured slower, the whole-tensor forward runs."""
     from modelscope_mossformer.models import layers
 
     torch.manual_seed(0)
@@ -389,6 +389,7 @@ def test_tiled_inference_forward_equals_the_whole_tensor_one(kind, tile, recurre
     model = build_separator(factory(num_blocks=2)).eval()
     # mossformer: groups of 16 frames, 398 frames; mossformer2: groups of 256, 1248 frames (4 full, one of 224)
     mix = torch.randn(2, 3199 if kind == 'mossformer' else 9999, generator=torch.Generator().manual_seed(1))
+    num_frames = mix.shape[-1] // 8 - 1
     tiled_calls, head_rows = [], []
     for cls in (GatedAttentionUnit, RecurrentModule):
         monkeypatch.setattr(cls, '_tiled_forward', lambda self, x, tiles, real=cls._tiled_forward:
@@ -397,29 +398,26 @@ def test_tiled_inference_forward_equals_the_whole_tensor_one(kind, tile, recurre
                         head_rows.append(h.shape[1]) or real(self, h, x))
     monkeypatch.setattr(layers, '_REUSE_MIN_BYTES', 0)  # the tiny model's buffers count as large
     with torch.inference_mode():
-        for precision in ('float32', 'bf16'):
-            context = torch.autocast('cpu', dtype=torch.bfloat16) if precision == 'bf16' else torch.no_grad()
-            with context:
-                _set_tile_frames(model, 0)
-                whole = model(mix)
-                assert not tiled_calls
-                assert head_rows == [mix.shape[-1] // 8 - 1]  # one call on every frame
-                head_rows.clear()
-                _set_tile_frames(model, tile, recurrent_tile)
-                tiled = model(mix)
-            assert head_rows[0] == tile and len(head_rows) >= 3 and sum(head_rows) == mix.shape[-1] // 8 - 1
-            head_rows.clear()
-            blocks = [(GatedAttentionUnit, tile)] + ([(RecurrentModule, recurrent_tile)] if recurrent_tile else [])
-            assert [cls for cls, _ in tiled_calls] == [cls for cls, _ in blocks] * 2  # every block ran tiled
-            for (cls, tiles), (_, size) in zip(tiled_calls, blocks * 2):
-                assert len(tiles) >= 3 and tiles[0] == (0, size) and all(b - a == size for a, b in tiles[:-1])
-            tiled_calls.clear()
-            if cpu_gemm == 'onednn' and precision == 'float32':
-                # oneDNN may choose another kernel, and summation order, for a tile's row count than
-                # for the whole sequence's (1.3e-7 of the output's peak measured here): rounding only
-                assert torch.allclose(tiled, whole, rtol=0, atol=1e-6 * whole.abs().max().item())
-            else:  # the same kernels on the same rows
-                assert torch.equal(tiled, whole), precision
+        _set_tile_frames(model, 0)
+        whole = model(mix)
+        assert not tiled_calls and head_rows == [num_frames]  # the head: one call on every frame
+        _set_tile_frames(model, tile, recurrent_tile)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            model(mix)
+        assert not tiled_calls and head_rows == [num_frames] * 2  # no tiles under autocast
+        head_rows.clear()
+        tiled = model(mix)
+    blocks = [(GatedAttentionUnit, tile)] + ([(RecurrentModule, recurrent_tile)] if recurrent_tile else [])
+    assert [cls for cls, _ in tiled_calls] == [cls for cls, _ in blocks] * 2  # every block ran tiled
+    for (cls, tiles), (_, size) in zip(tiled_calls, blocks * 2):
+        assert len(tiles) >= 3 and tiles[0] == (0, size) and all(b - a == size for a, b in tiles[:-1])
+    assert head_rows[0] == tile and len(head_rows) >= 3 and sum(head_rows) == num_frames
+    if cpu_gemm == 'onednn':
+        # oneDNN may choose another kernel, and summation order, for a tile's row count than for the
+        # whole sequence's (1.3e-7 of the output's peak measured here): rounding only
+        assert torch.allclose(tiled, whole, rtol=0, atol=1e-6 * whole.abs().max().item())
+    else:  # the same kernels on the same rows
+        assert torch.equal(tiled, whole)
     block = next(m for m in model.modules() if isinstance(m, GatedAttentionUnit))
     x = torch.randn(2, 5 * tile + 3, 32)
     kept = x.clone()
@@ -428,6 +426,24 @@ def test_tiled_inference_forward_equals_the_whole_tensor_one(kind, tile, recurre
         twice = block(once)
     assert torch.equal(x, kept)
     assert once.data_ptr() != twice.data_ptr()  # a block's output never overwrites its input
+
+
+@pytest.mark.parametrize('kind', ['mossformer', 'mossformer2'])
+def test_tiled_blocks_compute_the_bf16_forward_too(kind):
+    """Called under bf16 autocast (which the models do not tile: slower there), the tiled block forward
+    still gives the whole-tensor one's numbers: the same casts, GEMMs and float32 regions per tile."""
+    torch.manual_seed(0)
+    factory = mossformer_tiny if kind == 'mossformer' else mossformer2_tiny
+    layer = build_separator(factory(num_blocks=1)).eval().masker.sequence.layers[0]
+    x = torch.randn(2, 600, 32)
+    with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
+        for block in filter(None, (layer.attention, layer.recurrent)):
+            size = 256 if kind == 'mossformer2' else 48
+            tiles = [(start, min(start + size, 600)) for start in range(0, 600, size)]
+            whole = block(x)
+            tiled = block._tiled_forward(x, tiles)
+            assert whole.dtype == tiled.dtype == torch.float32  # the residual stream stays float32
+            assert torch.equal(tiled, whole), type(block).__name__
 
 
 def test_tiles_only_at_cpu_inference_in_eval_mode():
