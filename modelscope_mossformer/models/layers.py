@@ -385,7 +385,8 @@ class ScaledSinusoidalEmbedding(nn.Module):
 # reused buffers for inference
 # ---------------------------------------------------------------------------
 
-# frames per tile of GatedAttentionUnit's tiled inference forward (its `tile_frames`; 0: never tile)
+# frames per tile of the tiled inference forwards: the default `tile_frames` of GatedAttentionUnit,
+# RecurrentModule and the mask head (0 on a module: it never tiles); see `inference_tiles`
 TILE_FRAMES = 1024
 _BUFFERS = threading.local()
 _REUSE_MIN_BYTES = 1 << 20  # (smaller ones are not worth a dictionary lookup)
@@ -1122,10 +1123,10 @@ class GatedAttentionUnit(nn.Module):
         (32 MiB at most: 4096 frames of 2048 float32 channels) each is mapped afresh and its pages
         faulted in and zeroed at every block, which took more time than the arithmetic on long
         inputs (a 60 s MossFormer(L) pass: 3.2 million faults and 12 s of system time in 19.5 s
-        for 4 blocks on a KVM guest). Here only three [B, L, .] tensors per block are written
-        whole, into buffers reused from block to block (the projected v and u, the attention
-        output, the block's output); every other temporary is one tile wide (tile_frames plus
-        the convolutions' halo), small enough for the allocator to reuse and for the cache.
+        for 4 blocks on a KVM guest). Here only the projected v and u, qk, the attention output and
+        the block's output are written whole, into buffers reused from block to block; every other
+        temporary is one tile wide (tile_frames plus the convolutions' halo), small enough for the
+        allocator to reuse and for the cache.
 
         1. per tile: token-shifted input with a halo of K // 2 frames on each side, norm, hidden
            and query/key projections with their convs; the rows without the halo go to v|u, qk;
