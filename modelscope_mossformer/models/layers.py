@@ -477,6 +477,17 @@ def _tile_rows(fn, x: torch.Tensor, tiles, halo: int, role: str) -> torch.Tensor
     return out
 
 
+def _residual_by_tiles(x: torch.Tensor, tiles, update_rows) -> torch.Tensor:
+    """A tiled block's output: x + update_rows(start, stop) tile by tile, into a `_stream_buffer`."""
+    out = None
+    for start, stop in tiles:
+        update = update_rows(start, stop)
+        if out is None:
+            out = _stream_buffer(x, torch.promote_types(x.dtype, update.dtype))
+        torch.add(x[:, start:stop], update, out=out[:, start:stop])
+    return out
+
+
 def _stream_buffer(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A buffer of x's shape for a block's output that is not x's own storage: the pool's two
     'stream' buffers serve the blocks in turn (a block's input is the previous block's output)."""
@@ -745,6 +756,23 @@ def _attention_dtype(lin_q: torch.Tensor, vu: torch.Tensor) -> torch.dtype:
     return torch.promote_types(lin_q.dtype, vu.dtype)
 
 
+def _key_value_summary(lin_k: torch.Tensor, values: torch.Tensor, onednn: bool) -> torch.Tensor:
+    """The linear attention's key-value summary lin_k^T values / L: [B, L, S] x [B, L, H] -> [B, S, H].
+
+    In values' dtype where that is at least lin_k's (through oneDNN item by item, when `onednn`),
+    else in float32 from blocks of frames (`_frame_summary`). Called within `float32_region`.
+    """
+    b, n, hidden = values.shape
+    if onednn:  # oneDNN multiplies by one matrix per call
+        lin_kv = torch.empty((b, lin_k.shape[-1], hidden), dtype=values.dtype, device=values.device)
+        for item in range(b):
+            torch.div(gemm.matmul(lin_k[item].t(), values[item]), n, out=lin_kv[item])  # [S, H]
+        return lin_kv
+    if values.dtype == torch.promote_types(values.dtype, lin_k.dtype):
+        return torch.matmul(lin_k.transpose(-1, -2).to(values.dtype), values) / n
+    return _frame_summary(lin_k, values).div_(n)  # float32
+
+
 def _joint_attention_forward(quad_q: torch.Tensor, lin_q: torch.Tensor, quad_k: torch.Tensor, lin_k: torch.Tensor,
                              vu: torch.Tensor, group_size: int, p: float):
     """Linear attention over the sequence plus relu^2 attention inside groups: [B, L, H], the
@@ -762,13 +790,12 @@ def _joint_attention_forward(quad_q: torch.Tensor, lin_q: torch.Tensor, quad_k: 
         values = vu.to(dtype)
         if takes_onednn(quad_q, lin_q, quad_k, lin_k, values):
             return _joint_attention_onednn(quad_q, lin_q, quad_k, lin_k, values, group_size, p)
-        if dtype == torch.promote_types(dtype, lin_q.dtype):  # full precision: one GEMM each
-            lin_kv = torch.matmul(lin_k.transpose(-1, -2).to(dtype), values) / n  # [B, S, H]
+        lin_kv = _key_value_summary(lin_k, values, onednn=False)  # [B, S, H]
+        if lin_kv.dtype == dtype:  # full precision: one GEMM each
             # (the hidden projection's GEMM output has the same shape, and its conv is done with it)
             buffer = reusable('projection', (b, n, hidden), lin_kv)
             out = torch.matmul(lin_q.to(dtype), lin_kv, out=buffer)  # [B, L, H]
         else:
-            lin_kv = _frame_summary(lin_k, values).div_(n)  # [B, S, H], float32
             out = _split_matmul(lin_q, lin_kv, dtype)  # [B, L, H]
         masks = []
         for start, stop, size in _group_spans(n, group_size):
@@ -798,7 +825,7 @@ def _joint_attention_onednn(quad_q: torch.Tensor, lin_q: torch.Tensor, quad_k: t
     b, n, hidden = values.shape
     width = quad_q.shape[-1]
     spans = _group_spans(n, group_size)
-    lin_kv = torch.empty((b, lin_k.shape[-1], hidden), dtype=values.dtype, device=values.device)
+    lin_kv = _key_value_summary(lin_k, values, onednn=True)  # [B, S, H]
     out = reusable('projection', (b, n, hidden), values)
     out = torch.empty_like(values) if out is None else out
     masks, attns = [], []
@@ -810,7 +837,6 @@ def _joint_attention_onednn(quad_q: torch.Tensor, lin_q: torch.Tensor, quad_k: t
             masks.append(dropout_mask(attns[-1].shape, p, attns[-1])[0])
             attns[-1].mul_(masks[-1])
     for item in range(b):
-        torch.div(gemm.matmul(lin_k[item].t(), values[item]), n, out=lin_kv[item])  # [S, H]
         linear = gemm.matmul(lin_q[item], lin_kv[item])  # [L, H]
         parts = []
         for (start, stop, size), attn in zip(spans, attns):
@@ -838,14 +864,7 @@ def _tiled_gated_attention(quad_q: torch.Tensor, lin_q: torch.Tensor, quad_k: to
     with float32_region(vu):
         values = vu.to(dtype)
         onednn = takes_onednn(quad_q, lin_q, quad_k, lin_k, values)
-        if onednn:
-            lin_kv = torch.empty((b, lin_k.shape[-1], hidden), dtype=dtype, device=vu.device)
-            for item in range(b):
-                torch.div(gemm.matmul(lin_k[item].t(), values[item]), n, out=lin_kv[item])  # [S, H]
-        elif dtype == torch.promote_types(dtype, lin_q.dtype):
-            lin_kv = torch.matmul(lin_k.transpose(-1, -2).to(dtype), values) / n  # [B, S, H]
-        else:
-            lin_kv = _frame_summary(lin_k, values).div_(n)  # [B, S, H], float32
+        lin_kv = _key_value_summary(lin_k, values, onednn)  # [B, S, H]
         att = _pooled('tiled attention', (b, n, hidden), dtype, vu.device)
         for start, stop in tiles:
             if onednn:
@@ -1152,14 +1171,12 @@ class GatedAttentionUnit(nn.Module):
             quad_q, lin_q, quad_k, lin_k = offset_scale_rotary(qk, self.qk_offset_scale.gamma,
                                                                self.qk_offset_scale.beta, self.rotary_pos_emb)
         gated = _tiled_gated_attention(quad_q, lin_q, quad_k, lin_k, vu, self.group_size, tiles)  # [B, L, H/2]
-        out = None
-        for start, stop in tiles:
+
+        def update(start: int, stop: int) -> torch.Tensor:  # the output projection of a tile, with its halo
             first, last = max(start - halo, 0), min(stop + halo, n)
-            update = self.to_out(gated[:, first:last])[:, start - first:stop - first]
-            if out is None:
-                out = _stream_buffer(x, torch.promote_types(x.dtype, update.dtype))
-            torch.add(x[:, start:stop], update, out=out[:, start:stop])
-        return out
+            return self.to_out(gated[:, first:last])[:, start - first:stop - first]
+
+        return _residual_by_tiles(x, tiles, update)
 
     def _projections(self, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """v|u [B, L, H] and qk [B, L, S] of the token-shifted input h.
@@ -1433,16 +1450,14 @@ class RecurrentModule(nn.Module):
                 slot = skip[..., (len(dense) - 2 - index) * inner:(len(dense) - 1 - index) * inner]
                 for start, stop in tiles:
                     slot[:, start:stop] = layer.activate(centred[:, start:stop], scale)
-        out = None
-        for start, stop in tiles:
+
+        def update(start: int, stop: int) -> torch.Tensor:
             memory = dense[-1].activate(centred[:, start:stop], scale)
             fsmn_out = residual_add(u[:, start:stop], memory)
             h = residual_add(normalised[:, start:stop], fsmn_out.mul_(v[:, start:stop]))  # the gated FSMN
-            update = gemm.linear(_layer_norm(self.norm2, h), self.out_conv.weight.squeeze(-1), self.out_conv.bias)
-            if out is None:
-                out = _stream_buffer(x, torch.promote_types(x.dtype, update.dtype))
-            torch.add(x[:, start:stop], update, out=out[:, start:stop])
-        return out
+            return gemm.linear(_layer_norm(self.norm2, h), self.out_conv.weight.squeeze(-1), self.out_conv.bias)
+
+        return _residual_by_tiles(x, tiles, update)
 
 
 def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
