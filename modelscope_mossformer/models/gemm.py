@@ -156,8 +156,14 @@ class _OneDnnLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = _onednn_linear(grad, weight.t().contiguous(), None)  # [.., K]: grad W
         if ctx.needs_input_grad[1]:
-            # grad^T x as a linear map: rows^T [N, M] times (x^T [K, M])^T; both strided views
-            grad_weight = _onednn_linear(rows.t(), x.reshape(-1, x.shape[-1]).t(), None)  # [N, K]
+            # grad^T x [N, K] as a linear map of two strided views. oneDNN's op copies its first
+            # operand to a contiguous one (the second it reads strided), so the narrower of the two
+            # goes first: rows^T [N, M] against x^T [K, M], or x^T against rows^T for (x^T grad)^T
+            columns = x.reshape(-1, x.shape[-1])  # [M, K]
+            if columns.shape[1] < rows.shape[1]:
+                grad_weight = _onednn_linear(columns.t(), rows.t(), None).t().contiguous()
+            else:
+                grad_weight = _onednn_linear(rows.t(), columns.t(), None)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = rows.sum(0)
         return grad_x, grad_weight, grad_bias

@@ -37,6 +37,24 @@ def test_depthwise_conv_frames_matches_conv1d_and_its_gradients(batch, frames, c
     assert torch.autograd.gradcheck(fast, (x, weight))
 
 
+@pytest.mark.parametrize('batch,frames,channels,kernel,dilation', [
+    (1, 700, 6, 17, 1),  # 44 blocks of 16 frames, the last one partial
+    (2, 95, 3, 39, 1),   # a 38-frame reach: blocks of 38
+    (1, 50, 5, 5, 3),    # dilated taps
+    (1, 5, 4, 17, 1)])   # shorter than one block
+def test_depthwise_weight_gradient_by_blocks_equals_conv1d_weight(batch, frames, channels, kernel, dilation):
+    from modelscope_mossformer.models.layers import _depthwise_weight_grad
+
+    generator = torch.Generator().manual_seed(frames)
+    x, grad = (torch.randn(batch, frames, channels, dtype=torch.float64, generator=generator) for _ in range(2))
+    padding = (kernel - 1) // 2 * dilation
+    expected = torch.nn.grad.conv1d_weight(x.transpose(1, 2), (channels, 1, kernel), grad.transpose(1, 2),
+                                           padding=padding, dilation=dilation, groups=channels)
+    actual = _depthwise_weight_grad(x, grad, kernel, padding, dilation)
+    assert actual.dtype == torch.float64
+    torch.testing.assert_close(actual, expected, atol=1e-12 * float(expected.abs().max()), rtol=0)
+
+
 def test_depthwise_conv_frames_without_autograd_and_rejects_even_kernels():
     x = torch.randn(2, 30, 6)
     weight = torch.randn(6, 1, 5)

@@ -113,12 +113,13 @@ def test_a_nan_weight_gives_a_nan_separation(backend, kind, weight):
 
 
 @needs_onednn
-def test_linear_gradients_through_onednn_equal_autograd():
+@pytest.mark.parametrize('inputs,outputs', [(64, 80), (80, 64)])  # the weight gradient's two operand orders
+def test_linear_gradients_through_onednn_equal_autograd(inputs, outputs):
     generator = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 130, 64, generator=generator)
-    weight = torch.randn(80, 64, generator=generator)
-    bias = torch.randn(80, generator=generator)
-    upstream = torch.randn(2, 130, 80, generator=generator)
+    x = torch.randn(2, 130, inputs, generator=generator)
+    weight = torch.randn(outputs, inputs, generator=generator)
+    bias = torch.randn(outputs, generator=generator)
+    upstream = torch.randn(2, 130, outputs, generator=generator)
     grads = {}
     for backend in ('onednn', 'blas'):
         gemm.set_cpu_gemm_backend(backend)
@@ -127,6 +128,7 @@ def test_linear_gradients_through_onednn_equal_autograd():
         (out * upstream).sum().backward()
         grads[backend] = [t.grad for t in leaves]
     for name, a, b in zip(('x', 'weight', 'bias'), grads['onednn'], grads['blas']):
+        assert a.shape == b.shape and a.is_contiguous(), name
         assert _relative(a, b) < 1e-6, name
     # the oneDNN path really ran its own backward
     gemm.set_cpu_gemm_backend('onednn')
@@ -168,3 +170,25 @@ def test_models_through_onednn_are_as_close_to_float64_as_through_blas(kind):
     assert sum(sizes[name] > 1 for name in onednn_grads) > 20
     for name, error in onednn_grads.items():
         assert error < max(1e-5, 10 * blas_grads[name], 5e-3 if sizes[name] == 1 else 0), name
+
+
+@needs_onednn
+@pytest.mark.parametrize('batch', [1, 2])
+def test_joint_attention_backward_through_onednn_equals_float64(batch):
+    """The float32 oneDNN backward (item by item; one item is a view, not a stacked copy) against float64."""
+    from modelscope_mossformer.models.layers import GatedAttentionUnit
+
+    block = GatedAttentionUnit(16, None, group_size=16, query_key_dim=8).eval()
+    generator = torch.Generator().manual_seed(batch)
+    inputs = [torch.randn(batch, 40, n, generator=generator) for n in (8, 8, 8, 8, 24)]  # a short last group
+    upstream = torch.randn(batch, 40, 24, generator=generator)
+    gemm.set_cpu_gemm_backend('onednn')
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    out = block._joint_attention(*leaves)
+    assert type(out.grad_fn).__name__ == '_JointAttentionBackward'
+    actual = torch.autograd.grad(out, leaves, upstream)
+    exact_leaves = [t.double().requires_grad_() for t in inputs]
+    expected = torch.autograd.grad(block.double()._joint_attention(*exact_leaves), exact_leaves, upstream.double())
+    for index, (a, e) in enumerate(zip(actual, expected)):
+        assert a.shape == e.shape and a.dtype == torch.float32, index
+        assert _relative(a.double(), e) < 1e-5, index  # float32 sums over 40 frames: about 1e-7 relative
