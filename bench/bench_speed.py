@@ -30,9 +30,9 @@ Sections (``--sections``, all by default):
     python bench/bench_speed.py --threads 2 --lengths 4,60 --json bench_speed.json
     python bench/bench_speed.py --sections peak,inference --lengths 4 --models mossformer
 
-With ``peak`` and ``inference`` both run, the summary also gives each forward's floor: its FLOPs
-at the matmul peak (float32, and bfloat16 for the bf16 rows) over the reference's time, the ratio
-ours would reach if every FLOP ran at peak and nothing else took time. A target ratio below the
+With ``peak`` and ``inference`` (or ``train``) both run, the summary also gives each forward's (or
+training step's) floor: its FLOPs at the matmul peak (float32, and bfloat16 for the bf16 rows) over
+the reference's time, the ratio ours would reach if every FLOP ran at peak and nothing else took time. A target ratio below the
 floor cannot be met on that machine.
 
 Exit status 1 when an output differs from the reference by more than 1e-4.
@@ -258,6 +258,30 @@ def _step(model: torch.nn.Module, forward: Callable, mix: torch.Tensor, bf16: bo
         optimizer.step()
 
 
+def train_flops(name: str, num_samples: int) -> int:
+    """Matmul/conv FLOPs of one training step's forward and backward of our model (meta device).
+
+    torch's counter takes a grouped convolution's backward for an ungrouped one (a depthwise
+    conv's weight gradient comes out C times too large: 14.6 of 16.0 counted TFLOP for
+    MossFormer(L) at 4 s), so here each gradient a convolution's backward computes counts as much
+    as the convolution itself.
+    """
+    from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+
+    def conv_backward(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                      _output_padding, _groups, output_mask, out_shape) -> int:
+        forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed)
+        return forward * sum(1 for wanted in output_mask[:2] if wanted)
+
+    with torch.device('meta'):
+        model = build_separator(config_of(name)).train()
+        mix = torch.empty(1, num_samples)
+    with FlopCounterMode(display=False,
+                         custom_mapping={torch.ops.aten.convolution_backward: conv_backward}) as counter:
+        model(mix).pow(2).mean().backward()
+    return counter.get_total_flops()
+
+
 def bench_train(name: str, seconds: float, repeats: int) -> Dict[str, Any]:
     ours, reference = build_pair(name)
     generator = torch.Generator().manual_seed(2)
@@ -290,7 +314,7 @@ def bench_train(name: str, seconds: float, repeats: int) -> Dict[str, Any]:
     times = interleaved(fns, repeats)
     med = {key: statistics.median(value) for key, value in times.items()}
     row = {'model': LABELS[name], 'seconds': seconds, 'repeats': repeats, 'times': times,
-           'norm_rel_grad_diff': worst, **{f'{key}_s': value for key, value in med.items()},
+           'gflop': train_flops(name, mix.shape[1]) / 1e9, 'norm_rel_grad_diff': worst, **{f'{key}_s': value for key, value in med.items()},
            'ratio': med['ours'] / med['reference'], 'bf16_over_reference': med['ours_bf16'] / med['reference'],
            'bf16_over_fp32': med['ours_bf16'] / med['ours'],
            'checkpointed_over_plain': med['ours_checkpointed'] / med['ours']}
@@ -367,10 +391,15 @@ def bench_profile(name: str, blocks: int, top: int = 12) -> Dict[str, Any]:
 
 
 def add_floors(result: Dict[str, Any]) -> None:
-    """Each inference row's floors: its FLOPs at the fp32 / bf16 matmul peak over the reference's time."""
+    """Each inference and training row's floors: its FLOPs at the fp32 / bf16 matmul peak over the
+    reference's time."""
     peak = result.get('peak', {}).get('matmul_gflops', {})
     for row in result.get('inference', []):
         if peak and 'reference_s' in row:
+            row['floor_fp32'] = row['gflop'] / peak['float32'] / row['reference_s']
+            row['floor_bf16'] = row['gflop'] / peak['bfloat16'] / row['reference_s']
+    for row in result.get('train', []):
+        if peak:
             row['floor_fp32'] = row['gflop'] / peak['float32'] / row['reference_s']
             row['floor_bf16'] = row['gflop'] / peak['bfloat16'] / row['reference_s']
 
@@ -401,8 +430,10 @@ def print_summary(result: Dict[str, Any]) -> None:
                 f'{r.get("bf16_si_snr_speech_default_db", nan):>16.1f} '
                 f'{r.get("bf16_si_snr_speech_perturbed_db", nan):>18.1f}')
     for r in result.get('train', []):
-        log(f'train step {r["model"]} {r["seconds"]:g} s: ours/ref {r["ratio"]:.3f}, bf16/ref '
-            f'{r["bf16_over_reference"]:.3f}, checkpointed/plain {r["checkpointed_over_plain"]:.2f}, '
+        floors = (f' (floors {r["floor_fp32"]:.3f} / {r["floor_bf16"]:.3f})' if 'floor_fp32' in r else '')
+        log(f'train step {r["model"]} {r["seconds"]:g} s, {r["gflop"]:.0f} GFLOP: ours/ref {r["ratio"]:.3f}, bf16/ref '
+            f'{r["bf16_over_reference"]:.3f}{floors}, {r["gflop"] / r["ours_s"]:.1f} GFLOP/s fp32, '
+            f'checkpointed/plain {r["checkpointed_over_plain"]:.2f}, '
             f'norm-relative grad diff {r["norm_rel_grad_diff"]:.1e}')
     for r in result.get('memory', []):
         log(f'training memory {r["model"]}: {r["plain"]["mb_per_second"]:.0f} -> '

@@ -32,6 +32,8 @@ def test_bench_speed_smoke_run_reports_every_section(tmp_path):
     # gradient sums over every frame with cancellation measured 1.28e-3 on an AMD EPYC (MKL's AVX2 kernels
     # and oneDNN alike): 5e-3 leaves room for any summation order, a bfloat16 step would give 1e-2 and more
     assert train['norm_rel_grad_diff'] < 5e-3 and train['ours_s'] > 0
+    # a step's floors: its FLOPs at the fp32 and the (faster) bf16 matmul peak, over the reference's time
+    assert 0 < train['floor_bf16'] < train['floor_fp32'] and 'floors' in proc.stdout
     (memory,) = result['memory']
     assert memory['plain']['step_mb_4s'] > 0 and memory['checkpointed']['step_mb_4s'] > 0
     (profile,) = result['profile']
@@ -41,6 +43,21 @@ def test_bench_speed_smoke_run_reports_every_section(tmp_path):
         assert top == sorted(top, key=lambda row: -row['self_ms'])
         assert any('linear' in row['op'] or 'mm' in row['op'] for row in top)  # the GEMMs are among them
     assert '== summary ==' in proc.stdout
+
+
+@pytest.mark.parametrize('name', ['mossformer', 'mossformer2'])
+def test_training_step_flops_count_a_depthwise_backward_as_two_convolutions(name, monkeypatch):
+    sys.path.insert(0, str(REPO / 'bench'))
+    try:
+        import bench_speed
+    finally:
+        sys.path.remove(str(REPO / 'bench'))
+    monkeypatch.setattr(bench_speed, 'NUM_BLOCKS', 1)
+    # a GEMM's backward is two GEMMs of its size, so a step is about 3x the forward's FLOPs (a little
+    # more for the attention's recomputed scores, a little less for inputs that need no gradient);
+    # torch's own counter, which takes a depthwise conv's backward for a dense one, gave 36x at released size
+    ratio = bench_speed.train_flops(name, 4000) / bench_speed.forward_flops(name, 4000)
+    assert 2.8 < ratio < 3.5
 
 
 def test_bench_mask_head_compares_the_two_graphs(tmp_path):
