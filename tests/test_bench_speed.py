@@ -1,5 +1,6 @@
 """bench/bench_speed.py runs end to end (one block per model, 1 s inputs) and reports sane figures."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -123,3 +124,17 @@ def test_bench_bf16_fidelity_smoke_run_reports_the_error_budget(tmp_path):
     assert 'attention.to_hidden.linear.weight' in weights and 'encoder.conv.weight' in weights
     # the rounding errors of all groups together add up: no single group's is larger (1 dB for chance cancellation)
     assert weights['all weights'] < min(v for k, v in weights.items() if k != 'all weights') + 1.0
+
+
+@pytest.mark.skipif(shutil.which('c++') is None and shutil.which('g++') is None,
+                    reason="torch.compile's CPU backend needs a C++ compiler")
+def test_bench_compile_compares_a_compiled_block_with_eager():
+    proc = subprocess.run(
+        [sys.executable, str(REPO / 'bench' / 'bench_compile.py'), '--model', 'mossformer', '--num-blocks', '1',
+         '--seconds', '0.5', '--repeats', '1', '--threads', '1', '--mode', 'inference'],
+        capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (line,) = [line for line in proc.stdout.splitlines() if 'compiled / eager' in line]
+    assert '1 compiled modules' in line and float(line.split('compiled / eager ')[1].split(',')[0]) > 0
+    # inductor fuses and reorders float32 arithmetic: rounding-level differences, not another result
+    assert float(line.split('max|diff| ')[1]) < 1e-5
