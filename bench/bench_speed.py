@@ -32,8 +32,8 @@ Sections (``--sections``, all by default):
 
 With ``peak`` and ``inference`` (or ``train``) both run, the summary also gives each forward's (or
 training step's) floor: its FLOPs at the matmul peak (float32, and bfloat16 for the bf16 rows) over
-the reference's time, the ratio ours would reach if every FLOP ran at peak and nothing else took time. A target ratio below the
-floor cannot be met on that machine.
+the reference's time, the ratio ours would reach if every FLOP ran at peak and nothing else took
+time. A target ratio below the floor cannot be met on that machine.
 
 Exit status 1 when an output differs from the reference by more than 1e-4.
 """
@@ -314,7 +314,8 @@ def bench_train(name: str, seconds: float, repeats: int) -> Dict[str, Any]:
     times = interleaved(fns, repeats)
     med = {key: statistics.median(value) for key, value in times.items()}
     row = {'model': LABELS[name], 'seconds': seconds, 'repeats': repeats, 'times': times,
-           'gflop': train_flops(name, mix.shape[1]) / 1e9, 'norm_rel_grad_diff': worst, **{f'{key}_s': value for key, value in med.items()},
+           'gflop': train_flops(name, mix.shape[1]) / 1e9, 'norm_rel_grad_diff': worst,
+           **{f'{key}_s': value for key, value in med.items()},
            'ratio': med['ours'] / med['reference'], 'bf16_over_reference': med['ours_bf16'] / med['reference'],
            'bf16_over_fp32': med['ours_bf16'] / med['ours'],
            'checkpointed_over_plain': med['ours_checkpointed'] / med['ours']}
@@ -394,12 +395,8 @@ def add_floors(result: Dict[str, Any]) -> None:
     """Each inference and training row's floors: its FLOPs at the fp32 / bf16 matmul peak over the
     reference's time."""
     peak = result.get('peak', {}).get('matmul_gflops', {})
-    for row in result.get('inference', []):
+    for row in (*result.get('inference', []), *result.get('train', [])):
         if peak and 'reference_s' in row:
-            row['floor_fp32'] = row['gflop'] / peak['float32'] / row['reference_s']
-            row['floor_bf16'] = row['gflop'] / peak['bfloat16'] / row['reference_s']
-    for row in result.get('train', []):
-        if peak:
             row['floor_fp32'] = row['gflop'] / peak['float32'] / row['reference_s']
             row['floor_bf16'] = row['gflop'] / peak['bfloat16'] / row['reference_s']
 
